@@ -1,0 +1,101 @@
+"""The thin command-line layer shared by every ``hbt-*`` command.
+
+Every command is a ``click`` command built with ``cls=HbtCommand``. It gets, for free:
+
+* a ``--debug`` flag (full tracebacks instead of one-line errors);
+* :class:`hbt_tools.io.InputError` -> ``hbt-NAME: FILE:LINE: field 'F': message`` on stderr, exit 2;
+* a closed stdout (``| head``) ends quietly with exit 0;
+* Ctrl-C ends with exit 130 and no traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .io import InputError
+
+EXIT_INPUT = 2
+
+
+def fail(message: str) -> None:
+    """Raise a one-line input error from a command body (no file/line context)."""
+    raise InputError(message)
+
+
+class HbtCommand(click.Command):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", {})
+        kwargs["context_settings"].setdefault("help_option_names", ["-h", "--help"])
+        kwargs["context_settings"].setdefault("max_content_width", 100)
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
+                                        is_eager=True, callback=_set_debug,
+                                        help="Show full tracebacks on errors."))
+
+    def format_epilog(self, ctx, formatter):
+        # Keep the example block verbatim (click would re-wrap it).
+        if self.epilog:
+            formatter.write_paragraph()
+            for line in self.epilog.strip("\n").splitlines():
+                formatter.write_text(line) if not line.strip() else formatter.write(f"  {line}\n")
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            _exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            _exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            _exit(130)
+        except InputError as e:
+            if os.environ.get("HBT_DEBUG"):
+                raise
+            click.echo(f"{self.name}: {e}", err=True)
+            _exit(EXIT_INPUT)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            _exit(130)
+        _exit(0)
+
+
+def _set_debug(ctx, param, value):
+    if value:
+        os.environ["HBT_DEBUG"] = "1"
+
+
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`| head`): silence Python's flush-at-exit error and end quietly.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except (ValueError, OSError):
+        pass
+    sys.exit(code)
+
+
+def command(name: str, example: str, **kwargs):
+    """``@command("hbt-score", example=...)``: a click command with the shared behaviour."""
+    epilog = "Example:\n" + example
+    return click.command(name=name, cls=HbtCommand, epilog=epilog, **kwargs)
+
+
+output_option = click.option(
+    "-o", "--output", "output", default="-", show_default=True,
+    help="Output file ('-' = stdout); written to a temporary file and renamed when complete.")

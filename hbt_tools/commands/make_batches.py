@@ -1,0 +1,7 @@
+"""hbt-make-batches (not built yet)."""
+import sys
+
+
+def main():
+    sys.stderr.write("hbt-make-batches: not implemented yet\n")
+    sys.exit(3)

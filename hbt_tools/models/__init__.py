@@ -1,0 +1,1 @@
+"""Model side: loading encoders of every supported family, pooling, settings, offline default."""

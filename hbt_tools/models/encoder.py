@@ -1,0 +1,131 @@
+"""The shared-weight bi-encoder: load any supported family, pool, normalise, save.
+
+Families: XLM-R, BERT / mBERT / LaBSE, mE5 (BERT architecture), and the encoders of mBART and
+mT5 (their decoders are kept in the saved folder but never run).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ..io import InputError
+from .settings import RetrievalSettings, family_defaults
+
+
+class BiEncoder(torch.nn.Module):
+    """Encodes token batches into (optionally L2-normalised) pooled embeddings."""
+
+    def __init__(self, model, settings: RetrievalSettings):
+        super().__init__()
+        self.model = model  # the whole loaded model (what gets saved)
+        self.settings = settings
+
+    @property
+    def encoder(self):
+        return self.model.get_encoder() if self.model.config.is_encoder_decoder else self.model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        emb = pool(out, attention_mask, self.settings.pooling)
+        if self.settings.normalize:
+            emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb
+
+
+def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    hidden = output.last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "pooler":
+        pooled = getattr(output, "pooler_output", None)
+        if pooled is None:
+            raise InputError("this model has no pooler layer; use --pooling cls or mean",
+                             field="pooling")
+        return pooled
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, a built-in offline name (``multilingual-e5-small``), or a hub name."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    from .offline import resolve_builtin
+
+    builtin = resolve_builtin(name_or_path)
+    return builtin or name_or_path
+
+
+def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
+                   **overrides) -> tuple[BiEncoder, object]:
+    """Load model + tokenizer; settings = saved ``hbt_retrieval.json`` or family defaults,
+    then any non-None ``overrides`` (pooling, query_prefix, max_query_length, ...)."""
+    import transformers
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code)
+        model_class = _model_class(config)
+        model = model_class.from_pretrained(path, config=config,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot load a model from here ({first})", name_or_path) from None
+    base = (RetrievalSettings.load(path) if os.path.isdir(path) else None) \
+        or family_defaults(config.model_type, name_or_path)
+    return BiEncoder(model, base.updated(**overrides)), tokenizer
+
+
+def _model_class(config):
+    import transformers
+
+    # T5-style models have a dedicated encoder-only class; mBART loads whole, runs its encoder.
+    if config.model_type in ("t5", "mt5", "umt5"):
+        return transformers.AutoModelForTextEncoding
+    return transformers.AutoModel
+
+
+def save_biencoder(biencoder: BiEncoder, tokenizer, directory: str) -> None:
+    """Hugging Face folder (safetensors + tokenizer) plus the retrieval settings JSON."""
+    os.makedirs(directory, exist_ok=True)
+    biencoder.model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    biencoder.settings.save(directory)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """``auto`` = bf16 where the hardware does it fast (AMX / AVX512-BF16 CPUs, Ampere+ GPUs)."""
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if name != "auto":
+        raise InputError(f"unknown dtype {name!r} (auto, bf16, fp32)", field="dtype")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt", return_token_type_ids=False)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def run_cli(name, *args, input=None, env=None, cwd=None, timeout=600):
+    """Run ``bin/NAME ARGS`` in a real subprocess; returns CompletedProcess (bytes)."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    full_env.pop("HBT_DEBUG", None)
+    full_env.update(env or {})
+    if isinstance(input, str):
+        input = input.encode()
+    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", name), *map(str, args)],
+                          input=input, capture_output=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def shared_path(*parts):
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"needs {path}")
+    return path

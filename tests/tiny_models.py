@@ -1,0 +1,84 @@
+"""Tiny random models of every supported family, with a tokenizer trained on bundled text.
+
+They run in milliseconds, so training, resume, DDP and encoding tests stay fast.
+"""
+import functools
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEXT = os.path.join(HERE, "data", "multilingual.txt")
+FAMILIES = ("xlm-roberta", "bert", "labse", "e5", "mbart", "mt5")
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_json(vocab_size: int = 3000) -> str:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers, decoders
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, unk_token="<unk>",
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok.train([TEXT], trainer)
+    return tok.to_str()
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_tokenizer_json())
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", cls_token="<s>",
+                                   sep_token="</s>", mask_token="<mask>", model_max_length=512)
+
+
+def _config(family: str, vocab_size: int, pad_id: int):
+    import transformers as tf
+
+    small = dict(vocab_size=vocab_size, pad_token_id=pad_id)
+    bert_like = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=300, **small)
+    if family == "xlm-roberta":
+        return tf.XLMRobertaConfig(**bert_like)
+    if family in ("bert", "labse", "e5"):
+        return tf.BertConfig(**bert_like)
+    if family == "mbart":
+        return tf.MBartConfig(d_model=32, encoder_layers=2, decoder_layers=1,
+                              encoder_attention_heads=2, decoder_attention_heads=2,
+                              encoder_ffn_dim=64, decoder_ffn_dim=64,
+                              max_position_embeddings=300, **small)
+    if family == "mt5":
+        return tf.MT5Config(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=1,
+                            num_heads=2, decoder_start_token_id=pad_id, **small)
+    raise ValueError(family)
+
+
+def make_tiny_model(directory, family: str = "xlm-roberta", seed: int = 0) -> str:
+    """Write a tiny random model of ``family`` (HF folder) into ``directory``; return its path.
+
+    The folder name carries the family ("tiny-labse", "tiny-e5") because model families that
+    share an architecture (BERT, LaBSE, mE5) are told apart by name, as on the hub.
+    """
+    import torch
+    import transformers as tf
+
+    path = os.path.join(str(directory), f"tiny-{family}")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    tokenizer = make_tokenizer()
+    config = _config(family, len(tokenizer), tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    if family == "mt5":
+        model = tf.MT5EncoderModel(config)
+    else:
+        model = tf.AutoModel.from_config(config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
