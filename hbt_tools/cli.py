@@ -24,7 +24,9 @@ def fail(message: str) -> None:
     raise InputError(message)
 
 
-class HbtCommand(click.Command):
+class _HbtBehaviour:
+    """--debug, verbatim example epilog and one-line errors; mixed into click's Command/Group."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("context_settings", {})
         kwargs["context_settings"].setdefault("help_option_names", ["-h", "--help"])
@@ -65,6 +67,16 @@ class HbtCommand(click.Command):
         _exit(0)
 
 
+class HbtCommand(_HbtBehaviour, click.Command):
+    pass
+
+
+class HbtGroup(_HbtBehaviour, click.Group):
+    """A command with subcommands (``hbt-prepare lareqa ...``); subcommands are HbtCommands."""
+
+    command_class = HbtCommand
+
+
 def _set_debug(ctx, param, value):
     if value:
         os.environ["HBT_DEBUG"] = "1"
@@ -94,6 +106,11 @@ def command(name: str, example: str, **kwargs):
     """``@command("hbt-score", example=...)``: a click command with the shared behaviour."""
     epilog = "Example:\n" + example
     return click.command(name=name, cls=HbtCommand, epilog=epilog, **kwargs)
+
+
+def group(name: str, example: str, **kwargs):
+    """``@group("hbt-prepare", example=...)``: a click group with the shared behaviour."""
+    return click.group(name=name, cls=HbtGroup, epilog="Example:\n" + example, **kwargs)
 
 
 output_option = click.option(
