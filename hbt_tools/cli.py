@@ -4,6 +4,7 @@ Every command is a ``click`` command built with ``cls=HbtCommand``. It gets, for
 
 * a ``--debug`` flag (full tracebacks instead of one-line errors);
 * :class:`hbt_tools.io.InputError` -> ``hbt-NAME: FILE:LINE: field 'F': message`` on stderr, exit 2;
+* a usage error (unknown option, bad value) is one line on stderr, exit 2;
 * a closed stdout (``| head``) ends quietly with exit 0;
 * Ctrl-C ends with exit 130 and no traceback.
 """
@@ -47,6 +48,10 @@ class _HbtBehaviour:
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
+            _exit(e.exit_code)
+        except click.UsageError as e:
+            # A bad option or argument is bad input too: one line, exit 2.
+            click.echo(f"{self.name}: {e.format_message()} (see --help)", err=True)
             _exit(e.exit_code)
         except click.ClickException as e:
             e.show()
