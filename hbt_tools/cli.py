@@ -81,6 +81,11 @@ class HbtGroup(_HbtBehaviour, click.Group):
 
     command_class = HbtCommand
 
+    def parse_args(self, ctx, args):
+        if not args and self.no_args_is_help:  # one line rather than click's whole help text
+            raise click.UsageError(f"missing command ({', '.join(self.commands)})", ctx)
+        return super().parse_args(ctx, args)
+
 
 def _set_debug(ctx, param, value):
     if value:
