@@ -25,7 +25,7 @@ def _subcommand(name: str, example: str):
 @group("hbt-prepare", example="""\
 hbt-prepare lareqa examples/data/xquad-r -o xquad-r-eval
 hbt-prepare pairs examples/data/xquad-r --articles 0:36 -o pairs.jsonl
-hbt-prepare miracl --topics topics.tsv --qrels qrels.tsv --corpus corpus.jsonl.gz --lang sw -o miracl-sw
+hbt-prepare miracl --topics topics.tsv --qrels qrels.tsv --corpus docs.jsonl.gz --lang sw -o sw
 """)
 def main():
     """Convert public data (LAReQA, SQuAD-format, MIRACL) to the toolkit's JSONL files."""
@@ -64,8 +64,9 @@ hbt-prepare pairs squad-translations/ --positive paragraph --source squad-mt -o 
 @click.option("--langs", help=LANGS_HELP)
 @click.option("--articles", help=ARTICLES_HELP)
 @click.option("--positive", default="sentence", show_default=True,
-              help=f"Positive passage ({' or '.join(POSITIVE_KINDS)}): the answer's sentence (LAReQA sentence_breaks, else a simple "
-                   "punctuation splitter) or its whole paragraph.")
+              help=f"Positive passage ({' or '.join(POSITIVE_KINDS)}): the answer's sentence "
+                   "(LAReQA sentence_breaks, else a simple punctuation splitter) or its whole "
+                   "paragraph.")
 @click.option("--source", help="Dataset name for the 'source' field; default: each folder's name.")
 def pairs(directories, output, langs, articles, positive, source):
     """Parallel training pairs (pairs.jsonl) from folders of {lang}.json[.gz] SQuAD-format files.
@@ -90,7 +91,8 @@ hbt-prepare miracl --topics $D/topics.dev-subset.sw.tsv --qrels $D/qrels.dev-sub
 @click.option("--qrels", required=True,
               help="TREC qrels (tabs or spaces, Q0 accepted).")
 @click.option("--corpus", multiple=True,
-              help="Passages .jsonl[.gz] with docid, title, text (repeatable; streamed; - = stdin).")
+              help="Passages .jsonl[.gz] with docid, title, text (repeatable; streamed; "
+                   "- = stdin).")
 @click.option("--lang", required=True, help="Language code written to every row.")
 @click.option("-o", "--output", "out_dir", required=True,
               help="Output folder: queries.jsonl, qrels.trec, corpus.jsonl (with --corpus).")
