@@ -1,0 +1,2 @@
+"""Evaluation: trec_eval-equivalent run scoring, the LAReQA full-pool protocol, paired
+randomization tests and readable tables (the library behind ``hbt-score``)."""
