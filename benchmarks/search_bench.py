@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""hbt-search (flat) against raw faiss ``IndexFlatIP.search``, same arrays, same run.
+
+Target (issue 5): hbt-search flat, 10k queries x 100k passages (dim 384) takes <= 1.1x the time
+of faiss' own search. Random normalised float32 vectors (seeded) stand in for embeddings: a flat
+search costs the same whatever the values.
+
+Two comparisons, repeats interleaved so that both sides see the same machine load:
+
+* in process: faiss ``index.search(queries, k)`` alone, versus hbt-tools' search loop that
+  ``hbt-search`` runs after loading (search, trec_eval tie order, formatting and writing the
+  TREC run to a file);
+* whole process: ``hbt-search --index INDEX queries.npy -o run`` as a subprocess, versus a
+  Python subprocess that loads the same ``.npy`` files, builds an ``IndexFlatIP`` and searches.
+
+Usage:  python benchmarks/search_bench.py [--queries 10000 --passages 100000 --dim 384 -k 100]
+            [--repeats 3] [--workdir DIR] [--json results.json]
+Prints a markdown table (median and min-max of the repeats) and the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hbt_tools.indexing import index_embeddings, load_index  # noqa: E402
+from hbt_tools.io import save_embeddings  # noqa: E402
+from hbt_tools.search import Searcher, write_search_run  # noqa: E402
+
+RAW_FAISS_PROCESS = """
+import sys, numpy as np, faiss
+passages = np.load(sys.argv[1]).astype(np.float32)
+queries = np.load(sys.argv[2]).astype(np.float32)
+index = faiss.IndexFlatIP(passages.shape[1])
+index.add(passages)
+index.search(queries, int(sys.argv[3]))
+"""
+
+
+def normalised(rng, rows: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((rows, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def make_inputs(workdir: str, n_queries: int, n_passages: int, dim: int) -> tuple[str, str]:
+    rng = np.random.default_rng(0)
+    passages_npy = os.path.join(workdir, "passages.npy")
+    queries_npy = os.path.join(workdir, "queries.npy")
+    save_embeddings(passages_npy, normalised(rng, n_passages, dim),
+                    ({"id": f"doc{i}", "lang": "en"} for i in range(n_passages)))
+    save_embeddings(queries_npy, normalised(rng, n_queries, dim),
+                    ({"id": f"q{i}", "lang": "en"} for i in range(n_queries)))
+    return passages_npy, queries_npy
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def summary(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} s ({min(times):.2f}–{max(times):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--passages", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("-k", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=None, help="Where inputs and runs go (default: temp).")
+    parser.add_argument("--json", default=None, help="Also write the results as JSON here.")
+    args = parser.parse_args()
+
+    import faiss
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
+        passages_npy, queries_npy = make_inputs(workdir, args.queries, args.passages, args.dim)
+        index_dir = os.path.join(workdir, "passages.index")
+        index_embeddings(passages_npy, index_dir, progress=False)
+        run_path = os.path.join(workdir, "run.trec")
+
+        passages = np.load(passages_npy)
+        queries = np.load(queries_npy)
+        raw_index = faiss.IndexFlatIP(args.dim)
+        raw_index.add(passages)
+        searcher = Searcher([load_index(index_dir)])
+        qids = [f"q{i}" for i in range(args.queries)]
+
+        def hbt_in_process():
+            with open(run_path, "wb") as out:
+                write_search_run(searcher, queries, qids, out, k=args.k, progress=False)
+
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        hbt_command = [sys.executable, os.path.join(ROOT, "bin", "hbt-search"), "--index",
+                       index_dir, queries_npy, "-k", str(args.k), "-o", run_path]
+        raw_command = [sys.executable, "-c", RAW_FAISS_PROCESS, passages_npy, queries_npy,
+                       str(args.k)]
+        times: dict[str, list[float]] = {name: [] for name in
+                                         ("faiss", "hbt", "faiss_process", "hbt_process")}
+        for _ in range(args.repeats):
+            times["faiss"].append(timed(lambda: raw_index.search(queries, args.k)))
+            times["hbt"].append(timed(hbt_in_process))
+            times["faiss_process"].append(timed(
+                lambda: subprocess.run(raw_command, check=True, env=env)))
+            times["hbt_process"].append(timed(
+                lambda: subprocess.run(hbt_command, check=True, env=env)))
+        with open(run_path, "rb") as fh:
+            run_lines = sum(1 for _ in fh)
+
+    in_process = statistics.median(times["hbt"]) / statistics.median(times["faiss"])
+    whole = statistics.median(times["hbt_process"]) / statistics.median(times["faiss_process"])
+    vs_search = statistics.median(times["hbt_process"]) / statistics.median(times["faiss"])
+    print(f"## hbt-search flat vs faiss IndexFlatIP.search\n\n"
+          f"{args.queries} queries x {args.passages} passages, dim {args.dim}, k {args.k}; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
+          f"median of {args.repeats} (min–max); run: {run_lines} lines\n\n"
+          f"| what | faiss | hbt-search | ratio |\n|---|---|---|---|\n"
+          f"| search (+ run written, hbt) in process | {summary(times['faiss'])} | "
+          f"{summary(times['hbt'])} | {in_process:.3f} |\n"
+          f"| whole process (load + search [+ write]) | {summary(times['faiss_process'])} | "
+          f"{summary(times['hbt_process'])} | {whole:.3f} |\n"
+          f"| hbt-search whole process vs faiss search alone | {summary(times['faiss'])} | "
+          f"{summary(times['hbt_process'])} | {vs_search:.3f} |\n\n"
+          f"target: in-process ratio <= 1.1 -> {'met' if in_process <= 1.1 else 'MISSED'}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"queries": args.queries, "passages": args.passages, "dim": args.dim,
+                       "k": args.k, "times": times, "ratio_in_process": in_process,
+                       "ratio_whole_process": whole,
+                       "ratio_process_vs_faiss_search": vs_search}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
