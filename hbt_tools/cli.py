@@ -44,6 +44,13 @@ class _HbtBehaviour:
             for line in self.epilog.strip("\n").splitlines():
                 formatter.write_text(line) if not line.strip() else formatter.write(f"  {line}\n")
 
+    def invoke(self, ctx):
+        # Here, not in main(): click's main() turns a broken pipe into exit 1 before we see it.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
