@@ -5,9 +5,10 @@ sharing ``group`` are translations of each other). Each file is one *dataset*. O
 dicts ``{"step", "kind", "dataset", "items": [{"group", "query", "query_lang", "positive",
 "positive_lang", "negatives"}]}``.
 
-Nothing but byte offsets is kept in memory: :func:`index_pairs` reads a file once, checks every
-line and keeps, per line, its offset, length, line number, group and language in numpy arrays;
-batches then read the lines they need with ``os.pread``.
+Nothing but byte offsets is kept in memory: :func:`index_pairs` reads a file once (big files in
+one process per CPU, each on its own range of lines), checks every line and keeps, per line, its
+offset, length, line number, group and language in numpy arrays; batches then re-read the lines
+they need through a read-only memory map.
 
 Definitions (what the tests check):
 
@@ -42,9 +43,11 @@ Definitions (what the tests check):
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import gzip
 import mmap
+import multiprocessing
 import os
 import shutil
 import sys
@@ -62,6 +65,7 @@ from .io import STDIO, InputError, display_name, field, parse_json_line
 STRATEGIES = ("hybrid", "mono", "cross", "mixed")
 DATASET_SAMPLING = ("proportional", "uniform", "temperature")
 BLOCK_BYTES = 16 << 20
+RANGE_MIN_BYTES = 64 << 20  # files at least twice this size are indexed by several processes
 PARSE_SLICE = 256
 RELEASE_EVERY_LINES = 4096  # bounds the mapped pages counted in the resident set
 
@@ -157,60 +161,33 @@ def _open_file(path: str) -> IO[bytes]:
         raise InputError("permission denied", path) from None
 
 
-def _iter_blocks(source: IO[bytes]) -> Iterator[tuple[list[bytes], int, int]]:
-    """Yield ``(lines, byte offset of the first line, its 1-based line number)``."""
-    offset, lineno, rest = 0, 1, b""
-    while True:
-        chunk = source.read(BLOCK_BYTES)
-        if not chunk:
-            if rest:
-                yield [rest], offset, lineno
-            return
-        lines = (rest + chunk if rest else chunk).split(b"\n")
-        rest = lines.pop()
-        if lines:
-            yield lines, offset, lineno
-            offset += sum(map(len, lines)) + len(lines)
-            lineno += len(lines)
-
-
 def _index_source(path: str, source: IO[bytes], keep_langs: Sequence[str] | None) -> PairsIndex:
+    allowed = frozenset(keep_langs) if keep_langs else None
+    fd = source.fileno()
+    bounds = _split_ranges(fd, _worker_count(os.fstat(fd).st_size))
+    if len(bounds) > 2:
+        # Big files: one process per CPU, each indexing one range of whole lines.
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(len(bounds) - 1, mp_context=context) as pool:
+            found = list(pool.map(_index_range, repeat(fd), bounds[:-1], bounds[1:], repeat(path),
+                                  repeat(allowed)))
+    else:
+        found = [_index_range(fd, 0, bounds[-1], path, allowed)]
+
     group_ids, lang_ids = _FirstSeen(), _FirstSeen()
-    allowed = set(keep_langs) if keep_langs else None
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "number", "group", "lang")}
-    n_seen = 0
-    for lines, first_offset, first_lineno in _iter_blocks(source):
-        lengths = np.fromiter(map(len, lines), np.int64, len(lines))
-        offsets = first_offset + np.cumsum(lengths + 1) - (lengths + 1)
-        numbers = first_lineno + np.arange(len(lines), dtype=np.int64)
-        nonempty = np.flatnonzero(lengths)
-        raws = list(compress(lines, lengths))
-        del lines
-        groups, langs, kept = [], [], []
-        # Small slices: parsed objects die while still in the CPU cache (3x faster than big ones).
-        for start in range(0, len(raws), PARSE_SLICE):
-            objs, rows = _parse_lines(raws[start:start + PARSE_SLICE],
-                                      nonempty[start:start + PARSE_SLICE], numbers, path)
-            if objs:
-                slice_groups, slice_langs = _check_fields(objs, numbers[rows], path)
-                groups += slice_groups
-                langs += slice_langs
-                kept.append(rows)
-        if not kept:
-            continue
-        rows = np.concatenate(kept)
-        n_seen += len(rows)
-        lang_of_row = lang_ids.ids(langs)
-        if allowed is not None:
-            wanted = np.isin(lang_of_row, [i for name, i in lang_ids.table.items() if name in allowed])
-            groups = list(compress(groups, wanted.tolist()))
-            rows, lang_of_row = rows[wanted], lang_of_row[wanted]
-        parts["group"].append(group_ids.ids(groups))
-        parts["lang"].append(lang_of_row)
-        parts["offset"].append(offsets[rows])
-        parts["length"].append(lengths[rows])
-        parts["number"].append(numbers[rows])
-    if n_seen == 0:
+    lines_before = 0
+    for part in found:
+        if part.error is not None:
+            message, line, field_name = part.error
+            raise InputError(message, path, line + lines_before, field_name)
+        parts["group"].append(group_ids.ids(part.groups)[part.group])
+        parts["lang"].append(lang_ids.ids(part.langs)[part.lang])
+        parts["offset"].append(part.offset)
+        parts["length"].append(part.length)
+        parts["number"].append(part.number + lines_before)
+        lines_before += part.n_lines
+    if not sum(part.n_pairs for part in found):
         raise InputError("empty input: no pairs", path)
     if not group_ids.table:
         raise InputError(f"no lines in the languages {','.join(keep_langs)} (found: "
@@ -218,11 +195,11 @@ def _index_source(path: str, source: IO[bytes], keep_langs: Sequence[str] | None
     cat = {k: np.concatenate(v) for k, v in parts.items()}
 
     # Dense group ids in order of first appearance; languages in sorted order of their codes.
-    group = np.unique(cat["group"], return_inverse=True)[1].astype(np.int64)
-    present = sorted(name for name in lang_ids.table if allowed is None or name in allowed)
-    seen_at, rank_of = np.unique(cat["lang"], return_inverse=True)
-    name_at = {i: name for name, i in lang_ids.table.items()}
-    lang = np.array([present.index(name_at[i]) for i in seen_at.tolist()], np.int16)[rank_of]
+    group = group_ids.dense(cat["group"])
+    names = list(lang_ids.table)
+    present = sorted(name for name in names if allowed is None or name in allowed)
+    rank = np.array([present.index(name) if name in present else -1 for name in names], np.int16)
+    lang = rank[lang_ids.dense(cat["lang"])]
 
     order = np.lexsort((lang, group))
     group, lang, number = group[order], lang[order], cat["number"][order]
@@ -240,11 +217,118 @@ def _index_source(path: str, source: IO[bytes], keep_langs: Sequence[str] | None
         group_start=np.concatenate(([0], np.cumsum(counts))).astype(np.int64))
 
 
+def _worker_count(file_size: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, file_size // RANGE_MIN_BYTES))
+
+
+def _split_ranges(fd: int, n_ranges: int) -> list[int]:
+    """Byte offsets ``[0, ..., size]`` cutting the file into ``n_ranges`` runs of whole lines."""
+    size = os.fstat(fd).st_size
+    bounds = [0]
+    for k in range(1, n_ranges):
+        pos = max(size * k // n_ranges, bounds[-1])
+        while pos < size:
+            newline = os.pread(fd, 1 << 16, pos).find(b"\n")
+            if newline >= 0:
+                pos += newline + 1
+                break
+            pos += 1 << 16
+        if bounds[-1] < min(pos, size) < size:
+            bounds.append(pos)
+    bounds.append(size)
+    return bounds
+
+
+@dataclass
+class _RangeIndex:
+    """What indexing one byte range of a file found; line numbers count from the range start."""
+
+    offset: np.ndarray
+    length: np.ndarray
+    number: np.ndarray
+    group: np.ndarray  # ids into groups
+    lang: np.ndarray  # ids into langs
+    groups: list[str]  # in order of first appearance
+    langs: list[str]  # every language seen, including those filtered out
+    n_lines: int  # lines in the range, blank ones included
+    n_pairs: int  # non-blank lines
+    error: tuple | None = None  # (message, line, field) of the first bad line
+
+
+def _index_range(fd: int, start: int, end: int, path: str, allowed: frozenset | None) -> _RangeIndex:
+    """Read and check the lines in bytes ``start:end`` (errors are returned, for the caller to
+    number the line in the whole file)."""
+    group_ids, lang_ids = _FirstSeen(), _FirstSeen()
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("offset", "length", "number", "group", "lang")}
+    n_lines = n_pairs = 0
+    try:
+        for lines, first_offset in _iter_blocks(fd, start, end):
+            lengths = np.fromiter(map(len, lines), np.int64, len(lines))
+            offsets = first_offset + np.cumsum(lengths + 1) - (lengths + 1)
+            numbers = n_lines + 1 + np.arange(len(lines), dtype=np.int64)
+            n_lines += len(lines)
+            nonempty = np.flatnonzero(lengths)
+            raws = list(compress(lines, lengths))
+            del lines
+            groups, langs, kept = [], [], []
+            # Small slices: parsed objects die while still in the CPU cache (3x faster).
+            for first in range(0, len(raws), PARSE_SLICE):
+                objs, rows = _parse_lines(raws[first:first + PARSE_SLICE],
+                                          nonempty[first:first + PARSE_SLICE], numbers, path)
+                if objs:
+                    slice_groups, slice_langs = _check_fields(objs, numbers[rows], path)
+                    groups += slice_groups
+                    langs += slice_langs
+                    kept.append(rows)
+            if not kept:
+                continue
+            rows = np.concatenate(kept)
+            n_pairs += len(rows)
+            lang_of_row = lang_ids.ids(langs)
+            if allowed is not None:
+                wanted = np.isin(lang_of_row, [i for name, i in lang_ids.table.items() if name in allowed])
+                groups = list(compress(groups, wanted.tolist()))
+                rows, lang_of_row = rows[wanted], lang_of_row[wanted]
+            parts["group"].append(group_ids.ids(groups))
+            parts["lang"].append(lang_of_row)
+            parts["offset"].append(offsets[rows])
+            parts["length"].append(lengths[rows])
+            parts["number"].append(numbers[rows])
+    except InputError as e:
+        empty = np.zeros(0, np.int64)
+        return _RangeIndex(empty, empty, empty, empty, empty, [], [], n_lines, n_pairs,
+                           (e.message, e.line, e.field))
+    cat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+    return _RangeIndex(cat["offset"], cat["length"], cat["number"], group_ids.dense(cat["group"]),
+                       lang_ids.dense(cat["lang"]), list(group_ids.table), list(lang_ids.table),
+                       n_lines, n_pairs)
+
+
+def _iter_blocks(fd: int, start: int, end: int) -> Iterator[tuple[list[bytes], int]]:
+    """Yield ``(lines, byte offset of the first line)`` for the bytes ``start:end``."""
+    pos, size = start, BLOCK_BYTES
+    while pos < end:
+        data = os.pread(fd, min(size, end - pos), pos)
+        if not data:
+            return
+        lines = data.split(b"\n")
+        if pos + len(data) < end:
+            lines.pop()  # a partial line (or b""): read again with the next block
+            if not lines:  # a line longer than the block
+                size *= 2
+                continue
+        elif not lines[-1]:
+            lines.pop()
+        yield lines, pos
+        pos += sum(map(len, lines)) + len(lines)
+
+
 class _FirstSeen:
     """Numbers strings by the position of their first occurrence, in one C-level pass.
 
-    Numbers increase with first appearance, so ``np.unique(numbers, return_inverse=True)[1]``
-    gives dense ids in order of first appearance, and ``list(table)`` their names in that order.
+    Numbers increase with first appearance; :meth:`dense` turns them into ids 0..n-1 in that
+    order, naming ``list(table)``.
     """
 
     def __init__(self):
@@ -255,6 +339,10 @@ class _FirstSeen:
         numbers = np.fromiter(map(self.table.setdefault, values, count(self.seen)), np.int64, len(values))
         self.seen += len(values)
         return numbers
+
+    def dense(self, numbers: np.ndarray) -> np.ndarray:
+        """First-seen numbers -> ids 0..n-1, the positions of their strings in ``list(table)``."""
+        return np.searchsorted(np.fromiter(self.table.values(), np.int64, len(self.table)), numbers)
 
 
 def _parse_lines(raws: list[bytes], rows: np.ndarray, numbers: np.ndarray, path: str):
@@ -363,6 +451,8 @@ class BatchSampler:
             raise InputError(f"must be positive, got {self.temperature}", field="--temperature")
         if self.temperature != 1.0 and self.dataset_sampling != "temperature":
             raise InputError("only used with --dataset-sampling temperature", field="--temperature")
+        if self.seed < 0:
+            raise InputError(f"must be non-negative, got {self.seed}", field="--seed")
         if not self.datasets:
             raise InputError("no pairs files given")
         self.mono_share = {"mono": 1.0, "cross": 0.0, "hybrid": self.alpha}.get(self.strategy)
@@ -379,7 +469,7 @@ class BatchSampler:
     def _prepare(self, index: PairsIndex) -> _Dataset:
         n_groups, n_langs_total, size = index.n_groups, len(index.langs), self.batch_size
         group_of_row = np.repeat(np.arange(n_groups), np.diff(index.group_start))
-        lang_row = np.full((n_groups, n_langs_total), -1, np.int64)
+        lang_row = np.full((n_groups, n_langs_total), -1, np.int32)
         lang_row[group_of_row, index.line_lang] = np.arange(index.n_lines)
         has_lang = lang_row >= 0
         n_langs = np.diff(index.group_start)

@@ -8,12 +8,14 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from cli_contract import CommandContract
 from conftest import ROOT, run_cli
+from hbt_tools import batching
 from hbt_tools.batching import BatchSampler, count_steps, make_batches, open_datasets
 from hbt_tools.io import InputError
 
@@ -365,3 +367,30 @@ def test_kill_leaves_no_truncated_output(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not final.exists()
+
+
+@pytest.mark.parametrize("block_bytes", [64, 1 << 20])
+def test_index_is_the_same_in_one_or_several_processes(tmp_path, monkeypatch, block_bytes):
+    group_langs = [LANGS[: 1 + i % 4] for i in range(300)]
+    write_pairs(tmp_path / "pairs.jsonl", group_langs)
+    with (tmp_path / "pairs.jsonl").open("ab") as fh:  # blank lines and a last line without newline
+        fh.write(b"\n  \n" + orjson.dumps({"group": "last", "lang": "en", "query": "q", "positive": "p"}))
+    monkeypatch.setattr(batching, "BLOCK_BYTES", block_bytes)
+    one = batching.index_pairs(str(tmp_path / "pairs.jsonl"))
+    monkeypatch.setattr(batching, "RANGE_MIN_BYTES", 1024)
+    several = batching.index_pairs(str(tmp_path / "pairs.jsonl"))
+    assert batching._worker_count(os.path.getsize(tmp_path / "pairs.jsonl")) > 1
+    for name in ("line_offset", "line_length", "line_number", "line_lang", "group_start"):
+        assert (getattr(one, name) == getattr(several, name)).all(), name
+    assert one.langs == several.langs == LANGS
+    assert one.n_groups == 301 and one.n_lines == sum(map(len, group_langs)) + 1
+    assert one.read_rows(np.array([one.n_lines - 1]))[0]["group"] == "last"
+    # A bad line far into the file is reported with its line number in the whole file.
+    lines = (tmp_path / "pairs.jsonl").read_bytes().split(b"\n")
+    lines[-5] = b"{oops"
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.raises(InputError) as error:
+        batching.index_pairs(str(tmp_path / "bad.jsonl"))
+    assert error.value.line == len(lines) - 4
+    one.close()
+    several.close()

@@ -9,7 +9,7 @@ from ..cli import command, output_option
 from ..io import atomic_output, display_name, dumps_jsonl, parse_langs
 
 EXAMPLE = """\
-hbt-prepare pairs ../shared/data/xquad-r --articles 0:40 -o pairs.jsonl
+hbt-prepare pairs examples/data/xquad-r --articles 0:36 -o pairs.jsonl
 hbt-make-batches pairs.jsonl --strategy hybrid --alpha 0.5 --batch-size 100 --epochs 1 --seed 0 -o batches.jsonl
 hbt-make-batches pairs.jsonl --strategy cross --batch-size 32 --steps 5 --seed 1 --langs de,en,zh | head -n 1
 """
@@ -30,7 +30,7 @@ hbt-make-batches pairs.jsonl --strategy cross --batch-size 32 --steps 5 --seed 1
               help="Exactly this many batches.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="E epochs = E x sum over files of floor(usable groups / batch size) batches.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Same inputs, options and seed give byte-identical output.")
 @click.option("--langs", default=None, help="Use only these languages, e.g. 'ar,de,en'.")
 @click.option("--dataset-sampling", type=click.Choice(DATASET_SAMPLING), default="proportional",
@@ -43,9 +43,15 @@ def cli(pairs, output, strategy, alpha, batch_size, steps, epochs, seed, langs, 
         temperature):
     """Make training batches from parallel pairs (PAIRS: pairs.jsonl files, '-' = stdin).
 
-    Each PAIRS file is one dataset; a batch comes from one dataset and never holds two items of
-    one group. Within a pass over a dataset each group is used at most once; see
-    hbt_tools.batching for the exact definitions of kinds, passes and epochs.
+    Each PAIRS file is one dataset. A batch comes from one dataset and never holds two items of
+    one group (lines sharing "group" are translations). A dataset is used in passes: a pass
+    shuffles its groups and uses each at most once. A mono batch in language L takes only groups
+    that have L (languages with fewer groups than --batch-size are left out of the draw); a cross
+    batch only groups with two or more languages, each item's (query, positive) language pair
+    drawn uniformly among its group's languages. A pass ends when the drawn batch can no longer be
+    filled from its unused groups; on fully parallel data one pass is one epoch. Negatives come
+    from the positive's line.
+
     Writes one batch per line: {"step", "kind", "dataset", "items": [{"group", "query",
     "query_lang", "positive", "positive_lang", "negatives"}]}.
     """
@@ -65,7 +71,7 @@ def cli(pairs, output, strategy, alpha, batch_size, steps, epochs, seed, langs, 
                 bar.update()
         for index, passes in zip(indexes, sampler.passes):
             click.echo(f"hbt-make-batches: {display_name(index.path)}: {index.n_groups} groups in "
-                       f"{len(index.langs)} languages, {passes} passes", err=True)
+                       f"{len(index.langs)} languages, {passes} {'pass' if passes == 1 else 'passes'}", err=True)
 
 
 def main():

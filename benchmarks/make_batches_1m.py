@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""hbt-make-batches on 1M pairs: throughput and peak memory of the whole process.
+
+Target (issue 5): >= 200k pairs/s and < 2 GB peak resident memory on 1M pairs.
+
+The script writes a synthetic pairs.jsonl (seeded: --pairs lines, --langs languages per group,
+query ~60 characters, positive ~250, a hard negative on half the lines; ~0.4 KB a line, like
+XQuAD-R/MLQA-R pairs), then runs ``bin/hbt-make-batches`` as a child process and measures its
+wall time and peak RSS (``os.wait4``'s ``ru_maxrss``). Two runs:
+
+* ``--epochs 1`` (hybrid, alpha 0.5, batch 100): every input pair is indexed and each group is
+  used once -> *input pairs per second* (the issue's measure);
+* ``--steps pairs/100``: as many items written as there are input pairs -> *items per second*
+  (reading and writing dominate).
+
+Usage:  python benchmarks/make_batches_1m.py [--pairs 1000000] [--langs 8] [--repeats 3]
+            [--workdir DIR] [--json results.json]
+Prints a markdown table: median and min-max of the repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import orjson
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"]
+BATCH_SIZE = 100
+
+
+def write_pairs(path: str, n_pairs: int, langs_per_group: int, seed: int = 0) -> None:
+    """``n_pairs`` lines; groups of ``langs_per_group`` translations, languages grouped in the
+    file (one block of lines per language, as ``hbt-prepare pairs`` writes them)."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(5000)]
+
+    def text(n_chars):
+        return " ".join(rng.choices(words, k=n_chars // 6))
+
+    texts = [text(250) for _ in range(4000)]
+    queries = [text(60) for _ in range(4000)]
+    n_groups = -(-n_pairs // langs_per_group)
+    langs = LANGUAGES[:langs_per_group]
+    written = 0
+    with open(path + ".part", "wb") as fh:
+        for lang in langs:
+            rows = []
+            for group in range(n_groups):
+                if written == n_pairs:
+                    break
+                row = {"group": f"q{group:08d}", "lang": lang, "query": queries[(group * 7 + len(rows)) % 4000],
+                       "positive": texts[(group * 13) % 4000], "source": "synthetic"}
+                if group % 2:
+                    row["negatives"] = [texts[(group * 17 + 1) % 4000]]
+                rows.append(orjson.dumps(row))
+                written += 1
+            fh.write(b"\n".join(rows) + b"\n")
+    os.replace(path + ".part", path)
+
+
+def run_command(args: list[str]) -> tuple[float, int]:
+    """Run bin/hbt-make-batches ARGS; return (wall seconds, peak RSS in bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "hbt-make-batches"), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"hbt-make-batches failed: {stderr.decode()}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--langs", type=int, default=8, help="languages per group")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", help="keep pairs.jsonl here (reused when it exists)")
+    parser.add_argument("--json", help="also write the results here")
+    options = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = options.workdir or tmp
+        os.makedirs(workdir, exist_ok=True)
+        pairs = os.path.join(workdir, f"pairs-{options.pairs}-{options.langs}.jsonl")
+        if not os.path.exists(pairs):
+            started = time.perf_counter()
+            write_pairs(pairs, options.pairs, options.langs)
+            print(f"wrote {pairs} ({os.path.getsize(pairs) / 1e6:.0f} MB) in "
+                  f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+        output = os.path.join(tmp, "batches.jsonl")
+        common = [pairs, "--strategy", "hybrid", "--alpha", "0.5", "--batch-size", str(BATCH_SIZE),
+                  "--seed", "0", "-o", output]
+        n_groups = -(-options.pairs // options.langs)
+        runs = {
+            "--epochs 1": (["--epochs", "1"], options.pairs, "input pairs/s"),
+            f"--steps {options.pairs // BATCH_SIZE}": (["--steps", str(options.pairs // BATCH_SIZE)],
+                                                        options.pairs // BATCH_SIZE * BATCH_SIZE,
+                                                        "items written/s"),
+        }
+        results = {}
+        for name, (extra, count, unit) in runs.items():
+            walls, peaks = [], []
+            for _ in range(options.repeats):
+                wall, peak = run_command(common + extra)
+                walls.append(wall)
+                peaks.append(peak)
+            results[name] = {"unit": unit, "count": count, "wall_s": walls, "peak_rss_bytes": peaks,
+                             "rate_median": count / statistics.median(walls)}
+
+    print(f"hbt-make-batches, {options.pairs:,} pairs ({n_groups:,} groups x {options.langs} "
+          f"languages), hybrid alpha 0.5, batch {BATCH_SIZE}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}, median of {options.repeats} (min-max)\n")
+    print("| run | wall s | rate | peak RSS MB | target |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        walls, peaks = r["wall_s"], r["peak_rss_bytes"]
+        rates = sorted(r["count"] / w for w in walls)
+        target = "≥ 200k pairs/s, < 2 GB" if name == "--epochs 1" else "—"
+        print(f"| {name} | {statistics.median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
+              f"{r['rate_median']:,.0f} {r['unit']} ({rates[0]:,.0f}-{rates[-1]:,.0f}) | "
+              f"{statistics.median(peaks) / 2**20:.0f} ({min(peaks) / 2**20:.0f}-{max(peaks) / 2**20:.0f}) | "
+              f"{target} |")
+    if options.json:
+        with open(options.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
