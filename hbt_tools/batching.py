@@ -269,7 +269,7 @@ def _index_range(fd: int, start: int, end: int, path: str, allowed: frozenset | 
             numbers = n_lines + 1 + np.arange(len(lines), dtype=np.int64)
             n_lines += len(lines)
             nonempty = np.flatnonzero(lengths)
-            raws = list(compress(lines, lengths))
+            raws = list(filter(None, lines))  # the non-empty lines
             del lines
             groups, langs, kept = [], [], []
             # Small slices: parsed objects die while still in the CPU cache (3x faster).
@@ -501,9 +501,6 @@ class BatchSampler:
                 usable |= has_lang[:, mono_langs].any(axis=1)
             if self.mono_share < 1:
                 usable |= n_langs >= 2
-        if usable.sum() < size:
-            raise InputError(f"--batch-size {size} is larger than the number of groups "
-                             f"({int(usable.sum())})", index.path)
         return _Dataset(index, usable, lang_row, has_lang, n_langs, n_langs >= 2, mono_langs)
 
     @property
