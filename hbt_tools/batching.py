@@ -8,7 +8,7 @@ dicts ``{"step", "kind", "dataset", "items": [{"group", "query", "query_lang", "
 Nothing but byte offsets is kept in memory: :func:`index_pairs` reads a file once (big files in
 one process per CPU, each on its own range of lines), checks every line and keeps, per line, its
 offset, length, line number, group and language in numpy arrays; batches then re-read the lines
-they need through a read-only memory map.
+they need with ``os.pread`` (faster here than a memory map, and nothing accumulates in memory).
 
 Definitions (what the tests check):
 
@@ -46,7 +46,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import gzip
-import mmap
 import multiprocessing
 import os
 import shutil
@@ -67,7 +66,6 @@ DATASET_SAMPLING = ("proportional", "uniform", "temperature")
 BLOCK_BYTES = 16 << 20
 RANGE_MIN_BYTES = 64 << 20  # files at least twice this size are indexed by several processes
 PARSE_SLICE = 256
-RELEASE_EVERY_LINES = 4096  # bounds the mapped pages counted in the resident set
 
 
 # ---------------------------------------------------------------- indexing
@@ -88,8 +86,6 @@ class PairsIndex:
     line_number: np.ndarray  # int64, 1-based, for messages
     line_lang: np.ndarray  # int16 index into langs
     group_start: np.ndarray  # int64, n_groups + 1
-    _view: mmap.mmap | None = None
-    _lines_since_release: int = 0
 
     @property
     def n_groups(self) -> int:
@@ -101,20 +97,11 @@ class PairsIndex:
 
     def read_rows(self, rows: np.ndarray) -> list[dict]:
         """Parse the lines of ``rows`` (re-read from the file)."""
-        if self._view is None:
-            self._view = mmap.mmap(self.source.fileno(), 0, prot=mmap.PROT_READ)
-        elif self._lines_since_release > RELEASE_EVERY_LINES:
-            # Pages read so far stay in the page cache but leave this process's resident set.
-            self._view.madvise(mmap.MADV_DONTNEED)
-            self._lines_since_release = 0
-        self._lines_since_release += len(rows)
-        view, starts = self._view, self.line_offset[rows]
-        return list(map(orjson.loads, map(view.__getitem__, map(slice, starts.tolist(),
-                                                                 (starts + self.line_length[rows]).tolist()))))
+        fd, pread, loads = self.source.fileno(), os.pread, orjson.loads
+        return [loads(pread(fd, length, offset))
+                for offset, length in zip(self.line_offset[rows].tolist(), self.line_length[rows].tolist())]
 
     def close(self) -> None:
-        if self._view is not None:
-            self._view.close()
         self.source.close()
 
 
