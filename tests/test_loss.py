@@ -32,6 +32,20 @@ def test_info_nce_matches_explicit_loop():
                                     rel=1e-5)
 
 
+def test_info_nce_stays_float32_under_bf16_autocast():
+    from hbt_tools.training.loss import info_nce_loss
+
+    gen = torch.Generator().manual_seed(2)
+    queries = torch.nn.functional.normalize(torch.randn(4, 16, generator=gen), dim=-1)
+    passages = torch.nn.functional.normalize(torch.randn(9, 16, generator=gen), dim=-1)
+    targets = torch.arange(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = info_nce_loss(queries, passages, targets, 0.05)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(reference_info_nce(queries, passages, targets, 0.05),
+                                       rel=1e-5)
+
+
 def test_info_nce_targets_anywhere_and_permutation_invariant():
     from hbt_tools.training.loss import info_nce_loss
 
@@ -66,7 +80,7 @@ def _setup(path):
     batch = make_batches(1, items=7, negatives=2, seed=3)[0]
     tokenized = BatchTokenizer(tokenizer, biencoder.settings, DistContext())(
         batch["kind"], batch["items"], "test", 1)
-    n = tokenized.local_items
+    n = tokenized.queries["input_ids"].shape[0]
     targets = torch.arange(n)
 
     def loss_fn(q, p):

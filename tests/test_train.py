@@ -208,6 +208,26 @@ def test_bad_line_mid_stream_names_it_and_leaves_no_final_model(tmp_path):
     assert os.path.isdir(out / "checkpoint-2")  # the steps before the bad line can resume
 
 
+def test_pipeline_from_make_batches(tmp_path):
+    """hbt-make-batches | hbt-train: the real batch format, read from stdin."""
+    sentences = [line["positive"] for b in make_batches(4, items=6, seed=9) for line in b["items"]]
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w", encoding="utf-8") as fh:
+        for g in range(12):
+            for lang in ("de", "en"):
+                fh.write(json.dumps({"group": f"g{g}", "lang": lang, "query": f"{lang} {g}?",
+                                     "positive": sentences[2 * g]}) + "\n")
+    made = run_cli("hbt-make-batches", pairs, "--strategy", "hybrid", "--batch-size", 4,
+                   "--steps", 3, "--seed", 0)
+    assert made.returncode == 0, made.stderr.decode()
+    out = tmp_path / "out"
+    train_in_process("--model", tiny(), "--output", out, "--max-steps", 3, "--quiet", "-",
+                     input=made.stdout)
+    kinds = [json.loads(line)["kind"] for line in made.stdout.decode().splitlines()]
+    assert [r["kind"] for r in read_log(out)] == kinds
+    assert os.path.isfile(out / "model.safetensors")
+
+
 # ---------------------------------------------------------------- families, validation, bf16
 
 EXPECTED_POOLING = {"xlm-roberta": "mean", "bert": "cls", "labse": "pooler", "e5": "mean",

@@ -6,7 +6,7 @@ import click
 from ..cli import command
 
 EXAMPLE = """\
-hbt-make-batches --strategy hybrid pairs.jsonl | \\
+hbt-make-batches pairs.jsonl --strategy hybrid --batch-size 100 --steps 1000 --seed 0 | \\
   hbt-train --model multilingual-e5-small --output runs/hbt --max-steps 1000 -
 hbt-train --model xlm-roberta-base --output runs/xlmr --validation dev-batches.jsonl \\
   --save-steps 200 batches.jsonl

@@ -24,7 +24,6 @@ class TokenizedBatch:
     global_items: int         # items of the whole batch (all ranks)
     queries: dict[str, torch.Tensor]
     passages: dict[str, torch.Tensor]
-    local_items: int
 
 
 class BatchTokenizer:
@@ -37,13 +36,13 @@ class BatchTokenizer:
         if len(items) < self.ctx.world_size:
             raise InputError(f"{len(items)} items cannot be shared by {self.ctx.world_size} "
                              "processes", path, line, "items")
-        local = items[item_slice(len(items), self.ctx)]
+        local = items[item_slice(len(items), self.ctx.rank, self.ctx.world_size)]
         s = self.settings
         queries = [s.query_prefix + it["query"] for it in local]
         passages = [s.passage_prefix + it["positive"] for it in local]
         passages += [s.passage_prefix + neg for it in local for neg in it.get("negatives") or ()]
         return TokenizedBatch(
-            line=line, kind=kind, global_items=len(items), local_items=len(local),
+            line=line, kind=kind, global_items=len(items),
             queries=tokenize(self.tokenizer, queries, s.max_query_length),
             passages=tokenize(self.tokenizer, passages, s.max_passage_length))
 

@@ -60,11 +60,11 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def item_slice(n_items: int, ctx: DistContext) -> slice:
-    """This rank's contiguous share of a batch's items (shares differ by at most one)."""
-    base, extra = divmod(n_items, ctx.world_size)
-    start = ctx.rank * base + min(ctx.rank, extra)
-    return slice(start, start + base + (1 if ctx.rank < extra else 0))
+def item_slice(n_items: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of a batch's items (shares differ by at most one)."""
+    base, extra = divmod(n_items, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
 
 
 def gather_rows(local: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, list[int]]:

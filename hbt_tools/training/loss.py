@@ -23,6 +23,10 @@ import torch.nn.functional as F
 def info_nce_loss(queries: torch.Tensor, passages: torch.Tensor, targets: torch.Tensor,
                   temperature: float) -> torch.Tensor:
     """Mean InfoNCE loss; ``queries`` (B, d) and ``passages`` (P, d) are L2-normalised,
-    ``targets`` (B,) holds the row of each query's positive among ``passages``."""
-    scores = queries.float() @ passages.float().T / temperature
-    return F.cross_entropy(scores, targets)
+    ``targets`` (B,) holds the row of each query's positive among ``passages``.
+
+    Computed in float32 even under bf16 autocast: bf16 scores scaled by 1/τ = 20 would carry
+    errors of ~0.1 in the logits."""
+    with torch.autocast(queries.device.type, enabled=False):
+        scores = queries.float() @ passages.float().T / temperature
+        return F.cross_entropy(scores, targets)

@@ -26,7 +26,7 @@ from . import layout
 from .config import TrainConfig
 from .batches import BatchTokenizer, TokenizedBatch, prefetch, read_batches
 from .distributed import (DistContext, all_gather_objects, all_reduce_gradients, barrier,
-                          gather_rows, init_distributed, shutdown)
+                          gather_rows, init_distributed, item_slice, shutdown)
 from .gradcache import cached_step, plain_step, split_chunks
 from .loss import info_nce_loss
 from .preflight import preflight
@@ -43,14 +43,16 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float):
-    """AdamW; biases and normalisation weights (1-d tensors) get no weight decay."""
+    """AdamW (the fused kernel: ~9x faster than the per-tensor loop on CPU, where the 250k-row
+    embedding matrix of multilingual models dominates); biases and normalisation weights (1-d
+    tensors) get no weight decay."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
 class Trainer:
@@ -65,7 +67,9 @@ class Trainer:
         def loss_of_embeddings(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
             all_queries, _ = gather_rows(queries, self.ctx)
             all_passages, passage_counts = gather_rows(passages, self.ctx)
-            query_counts = all_gather_objects(batch.local_items, self.ctx)
+            query_counts = [len(range(batch.global_items)[item_slice(batch.global_items, r,
+                                                                      self.ctx.world_size)])
+                            for r in range(self.ctx.world_size)]
             offsets = np.cumsum([0] + passage_counts[:-1])
             targets = torch.cat([torch.arange(n) + int(off)
                                  for n, off in zip(query_counts, offsets)]).to(queries.device)
