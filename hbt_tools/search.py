@@ -109,7 +109,7 @@ class Searcher:
 
     @cached_property
     def _docid_rank(self) -> np.ndarray:
-        """Position of each global label's docid in ascending string order (ties by docid)."""
+        """Position of each global label's docid in ascending string order (breaks score ties)."""
         order = sorted(range(len(self.docids)), key=self.docids.__getitem__)
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
@@ -160,8 +160,8 @@ class Searcher:
         labels = np.concatenate([l for _, l in parts], axis=1)
         printed = printed_scores(scores)
         printed[labels < 0] = -np.inf
-        if len(parts) == 1:  # faiss already sorts by score: only printed-score ties need work
-            rows = np.flatnonzero((printed[:, 1:] == printed[:, :-1]).any(axis=1))
+        if len(parts) == 1:  # faiss sorts by score: only rows with printed-score ties need work
+            rows = np.flatnonzero((printed[:, 1:] >= printed[:, :-1]).any(axis=1))
         else:
             rows = np.arange(len(queries))
         if rows.size:

@@ -203,6 +203,17 @@ def test_k_beyond_the_corpus_lists_every_passage(tmp_path):
     assert len(got.splitlines()) == 24
 
 
+def test_float16_embeddings_search_like_float32(tied, tmp_path):
+    root, passages, queries = tied  # multiples of 1/8: exact in float16 too
+    write_embeddings(tmp_path / "c16.npy", passages.astype(np.float16))
+    write_embeddings(tmp_path / "q16.npy", queries.astype(np.float16), [f"q{i}" for i in range(40)],
+                     ["en"] * 40)
+    r = run_cli("hbt-index", tmp_path / "c16.npy", "-o", tmp_path / "c16.index")
+    assert r.returncode == 0, r.stderr.decode()
+    assert run_text([tmp_path / "c16.index"], tmp_path / "q16.npy", k=20) == \
+        run_text([root / "c.index"], root / "q.npy", k=20)
+
+
 @pytest.mark.parametrize("lang", ["de", "fr,en"])
 def test_lang_restriction_equals_brute_force_over_that_pool(tied, lang):
     root, passages, queries = tied

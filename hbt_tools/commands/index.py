@@ -45,6 +45,8 @@ def cli(embeddings, output, index_type, seed, **type_options):
     Ids and languages travel with the index, so hbt-search needs only INDEX and the queries.
     Scores are inner products of the vectors as stored (cosine for normalised embeddings).
     """
+    if output == "-":
+        raise InputError("an index is a directory: -o needs a path, not '-'")
     given = {name: value for name, value in type_options.items() if value is not None}
     for name in given:
         if _TYPE_OPTIONS[name] != index_type:
