@@ -102,7 +102,8 @@ def _max_diff(a, b):
 def test_gradient_cache_equals_plain_loss_without_dropout(tiny_xlmr, dtype, tolerance):
     """Dropout off: the whole batch in one pass (padded to its longest text) is the reference.
     In float64 the two agree to rounding; in float32 the different padding of chunks changes
-    the summation order, which the 1/τ = 20 scale amplifies to 3e-6 .. 8e-6 (seen) on gradients of magnitude ~1."""
+    the summation order, which the 1/τ = 20 scale amplifies to 3e-6 .. 8e-6 (seen) on
+    gradients of magnitude ~1."""
     from hbt_tools.training.gradcache import cached_step, plain_step, split_chunks
 
     biencoder, batch, loss_fn = _setup(tiny_xlmr)

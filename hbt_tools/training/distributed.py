@@ -5,8 +5,8 @@ How the loss is scaled (so that N processes give exactly the 1-process gradient)
 every rank gathers all ranks' query and passage embeddings, puts its own (differentiable) rows
 back in place of the gathered copies, and computes the *whole* global-batch loss L. Backward on
 rank r therefore yields ∂L/∂θ restricted to the paths through rank r's own embeddings; summing
-over ranks gives the full ∂L/∂θ. :func:`all_reduce_gradients` sums (it does not average), so the
-loss is **not** multiplied by the world size. (With torch's DistributedDataParallel, which
+over ranks gives the full ∂L/∂θ. :func:`all_reduce_gradients` sums (it does not average), so
+the loss is **not** multiplied by the world size. (With torch's DistributedDataParallel, which
 averages, the same result needs ``loss * world_size``; we reduce one flat buffer ourselves, which
 also copes with parameters that never get a gradient, such as mBART's unused decoder.)
 """

@@ -26,7 +26,7 @@ from . import layout
 from .config import TrainConfig
 from .batches import BatchTokenizer, TokenizedBatch, prefetch, read_batches
 from .distributed import (DistContext, all_gather_objects, all_reduce_gradients, barrier,
-                          gather_rows, init_distributed, item_slice, shutdown)
+                          gather_rows, init_distributed, shutdown)
 from .gradcache import cached_step, plain_step, split_chunks
 from .loss import info_nce_loss
 from .preflight import preflight
@@ -62,19 +62,16 @@ class Trainer:
 
     # ------------------------------------------------------------ one batch
 
-    def batch_loss_fn(self, batch: TokenizedBatch):
-        """Loss of the whole (global) batch from this rank's embeddings; see distributed.py."""
-        def loss_of_embeddings(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
-            all_queries, _ = gather_rows(queries, self.ctx)
-            all_passages, passage_counts = gather_rows(passages, self.ctx)
-            query_counts = [len(range(batch.global_items)[item_slice(batch.global_items, r,
-                                                                      self.ctx.world_size)])
-                            for r in range(self.ctx.world_size)]
-            offsets = np.cumsum([0] + passage_counts[:-1])
-            targets = torch.cat([torch.arange(n) + int(off)
-                                 for n, off in zip(query_counts, offsets)]).to(queries.device)
-            return info_nce_loss(all_queries, all_passages, targets, self.config.temperature)
-        return loss_of_embeddings
+    def global_batch_loss(self, queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of the whole (global) batch from this rank's embeddings; see distributed.py.
+        Each rank's passages are [its positives, its negatives], so query i of a rank has its
+        positive at that rank's passage offset + i."""
+        all_queries, query_counts = gather_rows(queries, self.ctx)
+        all_passages, passage_counts = gather_rows(passages, self.ctx)
+        offsets = np.cumsum([0] + passage_counts[:-1])
+        targets = torch.cat([torch.arange(n) + int(off)
+                             for n, off in zip(query_counts, offsets)]).to(queries.device)
+        return info_nce_loss(all_queries, all_passages, targets, self.config.temperature)
 
     def autocast(self):
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype,
@@ -83,14 +80,14 @@ class Trainer:
     def train_step(self, batch: TokenizedBatch) -> float:
         queries = {k: v.to(self.ctx.device) for k, v in batch.queries.items()}
         passages = {k: v.to(self.ctx.device) for k, v in batch.passages.items()}
-        loss_fn = self.batch_loss_fn(batch)
         with self.autocast():
-            if self.config.chunk_size:
-                loss = cached_step(self.biencoder, split_chunks(queries, self.config.chunk_size),
-                                   split_chunks(passages, self.config.chunk_size), loss_fn,
+            size = self.config.chunk_size
+            if size:
+                loss = cached_step(self.biencoder, split_chunks(queries, size),
+                                   split_chunks(passages, size), self.global_batch_loss,
                                    self.ctx.device)
             else:
-                loss = plain_step(self.biencoder, queries, passages, loss_fn)
+                loss = plain_step(self.biencoder, queries, passages, self.global_batch_loss)
         all_reduce_gradients(self.biencoder.parameters(), self.ctx)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,14 +98,13 @@ class Trainer:
         self.biencoder.eval()
         total = 0.0
         for batch in self.validation_batches:
-            loss_fn = self.batch_loss_fn(batch)
             with self.autocast():
                 chunks = [split_chunks({k: v.to(self.ctx.device) for k, v in tokens.items()},
                                        self.config.chunk_size)
                           for tokens in (batch.queries, batch.passages)]
                 queries = torch.cat([self.biencoder(**c) for c in chunks[0]])
                 passages = torch.cat([self.biencoder(**c) for c in chunks[1]])
-                total += float(loss_fn(queries, passages))
+                total += float(self.global_batch_loss(queries, passages))
         self.biencoder.train()
         return total / len(self.validation_batches)
 
