@@ -38,8 +38,12 @@ Definitions (what the tests check):
   *Usable groups* per strategy: ``mono``: groups with a line in a language that fills batches;
   ``cross``: groups with two or more languages; ``hybrid``: groups usable by either (with
   ``alpha`` strictly between 0 and 1); ``mixed``: every group.
-* **determinism**: the same files, options and seed give the same batches (numpy's PCG64).
+* **determinism**: the same files, options and seed give the same batches (numpy's PCG64),
+  whatever the number of processes that indexed the files.
 * Negatives come from the positive's line (they are passages in the positive's language).
+* Input checks: every line must be a JSON object with non-empty strings ``group``, ``lang``,
+  ``query``, ``positive`` and optional ``negatives`` (a list of strings); one group may not have
+  two lines in one language. ``langs`` drops the lines in other languages.
 """
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def cli(pairs, output, strategy, alpha, batch_size, steps, epochs, seed, langs, 
                 bar.update()
         for index, passes in zip(indexes, sampler.passes):
             click.echo(f"hbt-make-batches: {display_name(index.path)}: {index.n_groups} groups in "
-                       f"{len(index.langs)} languages, {passes} {'pass' if passes == 1 else 'passes'}", err=True)
+                       f"{len(index.langs)} languages, {passes} pass{'' if passes == 1 else 'es'}",
+                       err=True)
 
 
 def main():
