@@ -15,6 +15,10 @@ marks a field that may be absent; empty values are skipped) or a ``template`` su
 Sharding: ``shard=(i, n)`` encodes the rows whose index (0-based, counting non-blank lines)
 satisfies ``index % n == i``; every machine streams the whole file, but only parses and encodes
 its share. The shards' outputs together hold every row once (hbt-search merges their runs).
+
+Memory: one chunk of texts and embeddings, plus 16 bytes per encoded row (a hash and the line
+number of its id, for the duplicate-id check at the end): ~0.5 GB for MIRACL-en's 32.9M
+passages in one process, 1/N of that per shard.
 """
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ class TestEncodeCommand(CommandContract):
         yield ("stdout output", ["--model", self.model, "--kind", "query", ok, "-o", "-"], None,
                "field 'output'")
 
-    def test_kill_9_leaves_no_output(self, tmp_path):
+    @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+    def test_killed_run_leaves_no_output(self, tmp_path, sig):
         data = write_jsonl(tmp_path / "big.jsonl", make_rows(20000))
         out = tmp_path / "big.npy"
         env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1")
@@ -138,10 +139,15 @@ class TestEncodeCommand(CommandContract):
             else:
                 pytest.fail("hbt-encode never started writing")
         finally:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             proc.wait()
-        assert proc.returncode == -signal.SIGKILL
-        assert not out.exists() and not (tmp_path / "big.ids.jsonl").exists()
+        left = set(os.listdir(tmp_path)) - {"big.jsonl"}
+        if sig == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL
+            assert not {"big.npy", "big.ids.jsonl"} & left, left  # at most hidden temp files
+        else:  # SIGTERM unwinds: temporary files removed too
+            assert proc.returncode == 128 + signal.SIGTERM
+            assert not left, left
 
 
 def subprocess_cli(args):

@@ -1,5 +1,7 @@
 """hbt-encode: JSONL texts -> NAME.npy embeddings + NAME.ids.jsonl (thin layer over
 :func:`hbt_tools.encoding.encode_file`)."""
+import signal
+
 import click
 
 from ..cli import command
@@ -14,7 +16,7 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
 
 
 @command("hbt-encode", example=EXAMPLE)
-@click.argument("input_path", metavar="INPUT", default="-")
+@click.argument("input_path", metavar="[INPUT]", default="-")
 @click.option("--model", required=True,
               help="Model folder (hbt-train output or any Hugging Face folder), a hub name, or "
                    "'multilingual-e5-small' (built in; needs hbt-tools[offline]).")
@@ -69,6 +71,8 @@ def cli(input_path, model, kind, output, fields, template, pooling, query_prefix
     """
     from ..encoding import encode_file
 
+    # A scheduler's SIGTERM unwinds like an error: the temporary files are removed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if max_length is not None:
         if kind == "query":
             max_query_length = max_length
@@ -84,6 +88,10 @@ def cli(input_path, model, kind, output, fields, template, pooling, query_prefix
     click.echo(f"hbt-encode: {summary.rows} rows x {summary.dim} -> {summary.output} "
                f"({summary.dtype}, {summary.tokens} tokens in {summary.seconds:.1f}s, "
                f"{rate:,.0f} tokens/s)", err=True)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def main():
