@@ -24,8 +24,8 @@ Definitions (what the tests check):
   each batch ``mono`` with probability ``alpha``, else ``cross``.
 * **datasets**: each batch comes from one dataset, drawn independently per batch with probability
   proportional to its number of usable groups (``proportional``), equal for all (``uniform``),
-  or proportional to ``usable_groups ** (1 / temperature)`` (``temperature``: 1 is proportional,
-  larger is flatter, as in multilingual pre-training).
+  or proportional to ``usable_groups ** temperature`` (``temperature``: 1 is proportional,
+  smaller is flatter, 0 would be uniform; SPEC's size^T).
 * **passes and epochs**: a dataset is consumed in *passes*. A pass shuffles the dataset's usable
   groups; each batch takes the first ``batch_size`` groups, in that order, that are not yet used
   in this pass and fit the batch's kind (and language). A group is therefore used at most once
@@ -453,7 +453,7 @@ class BatchSampler:
         if self.dataset_sampling == "uniform":
             weights = np.ones_like(sizes)
         else:
-            weights = sizes ** (1.0 / self.temperature if self.dataset_sampling == "temperature" else 1.0)
+            weights = sizes ** (self.temperature if self.dataset_sampling == "temperature" else 1.0)
         self.dataset_weights = weights / weights.sum()
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
 

@@ -409,13 +409,8 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     chunks = iter_chunks(input_path, recipe, chunk_rows, shard_spec)
     first_chunk = next(chunks)
 
-    from transformers.utils import logging as hf_logging
-
     from .models.encoder import load_biencoder, resolve_dtype
 
-    # stderr carries only our progress bar and one-line errors.
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     torch_dtype = resolve_dtype(dtype)
     biencoder, tokenizer = load_biencoder(model, trust_remote_code=trust_remote_code,
                                           **settings_overrides)

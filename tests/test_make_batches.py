@@ -226,7 +226,7 @@ def test_mixed_mixes_languages_within_batches(tmp_path):
 
 
 @pytest.mark.parametrize("sampling, temperature, share_a", [
-    ("proportional", 1.0, 0.75), ("uniform", 1.0, 0.5), ("temperature", 2.0, math.sqrt(3) / (math.sqrt(3) + 1))])
+    ("proportional", 1.0, 0.75), ("uniform", 1.0, 0.5), ("temperature", 0.5, math.sqrt(3) / (math.sqrt(3) + 1))])
 def test_dataset_sampling(tmp_path, sampling, temperature, share_a):
     lines_a = write_pairs(tmp_path / "a.jsonl", parallel(300, ["de", "en"]), prefix="a")
     lines_b = write_pairs(tmp_path / "b.jsonl", parallel(100, ["de", "en"]), prefix="b")

@@ -36,9 +36,9 @@ hbt-make-batches pairs.jsonl --strategy cross --batch-size 32 --steps 5 --seed 1
 @click.option("--dataset-sampling", type=click.Choice(DATASET_SAMPLING), default="proportional",
               show_default=True,
               help="With several PAIRS files (datasets), how each batch's file is drawn: "
-                   "proportional to its usable groups, uniform, or temperature (groups^(1/T)).")
+                   "proportional to its usable groups, uniform, or temperature (groups^T).")
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
-              show_default=True, help="T for --dataset-sampling temperature (1 = proportional).")
+              show_default=True, help="T for --dataset-sampling temperature: weights groups^T\n(1 = proportional, smaller = flatter).")
 def cli(pairs, output, strategy, alpha, batch_size, steps, epochs, seed, langs, dataset_sampling,
         temperature):
     """Make training batches from parallel pairs (PAIRS: pairs.jsonl files, '-' = stdin).

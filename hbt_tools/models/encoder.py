@@ -5,8 +5,10 @@ mT5 (their decoders are kept in the saved folder but never run).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 
 import torch
 
@@ -74,14 +76,44 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code)
         model_class = _model_class(config)
-        model = model_class.from_pretrained(path, config=config,
-                                            trust_remote_code=trust_remote_code)
+        with _quiet_transformers():
+            model, loading_info = model_class.from_pretrained(
+                path, config=config, trust_remote_code=trust_remote_code,
+                output_loading_info=True)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load a model from here ({first})", name_or_path) from None
     base = (RetrievalSettings.load(path) if os.path.isdir(path) else None) \
         or family_defaults(config.model_type, name_or_path)
-    return BiEncoder(model, base.updated(**overrides)), tokenizer
+    settings = base.updated(**overrides)
+    _check_missing_weights(loading_info.get("missing_keys", ()), settings, name_or_path)
+    return BiEncoder(model, settings), tokenizer
+
+
+def _check_missing_weights(missing, settings: RetrievalSettings, name: str) -> None:
+    """Randomly initialised weights: an unused pooler is fine, anything else is said aloud."""
+    pooler = [k for k in missing if k.startswith("pooler.")]
+    if pooler and settings.pooling == "pooler":
+        raise InputError("this checkpoint has no trained pooler weights; use --pooling cls or "
+                         "mean", name, field="pooling")
+    other = [k for k in missing if not k.startswith("pooler.")]
+    if other:
+        print(f"hbt-tools: warning: {len(other)} weights missing from {name} were initialised "
+              f"randomly (first: {other[0]})", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' load report and progress bars would bury our one-line messages."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _model_class(config):
