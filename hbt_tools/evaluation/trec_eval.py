@@ -70,10 +70,11 @@ def _trec_eval_ranks(run: RunColumns, lines: np.ndarray) -> np.ndarray:
     """1-based rank of each given run line within its query: score desc, then docid desc."""
     if not len(lines):
         return np.zeros(0, dtype=np.int64)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):      # huge scores become inf, as in C
         scores = run.scores.astype(np.float32)
-    query = run.query_index
-    in_order = np.all((np.diff(query) > 0) | ((np.diff(query) == 0) & (np.diff(scores) <= 0)))
+        query = run.query_index
+        in_order = np.all((np.diff(query) > 0) | ((np.diff(query) == 0) &
+                                                  (np.diff(scores) <= 0)))
     order = np.arange(len(query)) if in_order else np.lexsort((-scores, query))
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))

@@ -1,0 +1,145 @@
+"""Benchmark: hbt-score on a 1M-line run with MIRACL-style qrels vs pytrec_eval and ranx.
+
+All three score the same files in the same process run (median of --repeats, min–max), each
+including reading the run and qrels files, and the script checks that the numbers agree to 1e-9.
+hbt-score is also timed as a whole command (``bin/hbt-score``: start-up, reading, JSON output).
+
+    .venv/bin/python benchmarks/score_bench.py [--queries 10000] [--depth 100] [--repeats 3]
+
+ranx is optional (``pip install ranx``); it is skipped when missing. Scores are random floats
+without ties, since ranx does not break ties as trec_eval does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hbt_tools.evaluation.trec_eval import evaluate_run  # noqa: E402
+from hbt_tools.metrics import parse_metrics  # noqa: E402
+from hbt_tools.trec import read_qrels, read_run_columns  # noqa: E402
+
+METRICS = {"ndcg@10": ("ndcg_cut.10", "ndcg_cut_10", "ndcg@10"),
+           "recall@100": ("recall.100", "recall_100", "recall@100"),
+           "map": ("map", "map", "map"),
+           "mrr": ("recip_rank", "recip_rank", "mrr")}
+
+
+def make_data(directory: str, n_queries: int, depth: int, seed: int = 0) -> tuple[str, str]:
+    """A run of n_queries x depth lines and qrels with ~10 judged passages per query
+    (MIRACL-style: ~3 relevant, the rest judged 0; some judged passages not retrieved)."""
+    rng = np.random.default_rng(seed)
+    run_path, qrels_path = os.path.join(directory, "run.trec"), os.path.join(directory, "qrels")
+    with open(run_path, "w") as run, open(qrels_path, "w") as qrels:
+        for q in range(n_queries):
+            docs = rng.choice(5_000_000, size=depth, replace=False)
+            scores = np.sort(rng.random(depth))[::-1] * 100
+            run.write("".join(f"q{q} Q0 doc{d} {r} {s:.6f} bench\n"
+                              for r, (d, s) in enumerate(zip(docs, scores), 1)))
+            judged = list(rng.choice(docs, size=8, replace=False)) + \
+                list(rng.choice(5_000_000, size=2))
+            rels = rng.random(len(judged)) < 0.3
+            rels[0] = True
+            qrels.write("".join(f"q{q} 0 doc{d} {int(r)}\n" for d, r in zip(judged, rels)))
+    return run_path, qrels_path
+
+
+def hbt_in_process(run_path, qrels_path):
+    scores = evaluate_run(read_run_columns(run_path), read_qrels(qrels_path),
+                          parse_metrics(list(METRICS)))
+    return scores.means()
+
+
+def hbt_command(run_path, qrels_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "hbt-score"), "--qrels",
+                          qrels_path, *[a for m in METRICS for a in ("-m", m)], run_path],
+                         check=True, capture_output=True)
+    return json.loads(out.stdout)["metrics"]
+
+
+def pytrec_eval_scores(run_path, qrels_path):
+    import pytrec_eval
+
+    qrels, run = {}, {}
+    with open(qrels_path) as f:
+        for line in f:
+            q, _, d, r = line.split()
+            qrels.setdefault(q, {})[d] = int(r)
+    with open(run_path) as f:
+        for line in f:
+            q, _, d, _, s, _ = line.split()
+            run.setdefault(q, {})[d] = float(s)
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {m[0] for m in METRICS.values()})
+    per_query = evaluator.evaluate(run)
+    return {name: float(np.mean([v[m[1]] for v in per_query.values()]))
+            for name, m in METRICS.items()}
+
+
+def ranx_scores(run_path, qrels_path):
+    from ranx import Qrels, Run, evaluate
+
+    qrels = Qrels.from_file(qrels_path, kind="trec")
+    run = Run.from_file(run_path, kind="trec")
+    result = evaluate(qrels, run, [m[2] for m in METRICS.values()])
+    return {name: float(result[m[2]]) for name, m in METRICS.items()}
+
+
+def timed(function, *args, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function(*args)
+        times.append(time.perf_counter() - start)
+    return result, times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--depth", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    tools = [("hbt-score (command)", hbt_command), ("hbt-score (in process)", hbt_in_process),
+             ("pytrec_eval", pytrec_eval_scores)]
+    try:
+        import ranx  # noqa: F401
+        ranx_scores(*make_data(tempfile.mkdtemp(), 20, 10))   # compile numba kernels first
+        tools.append(("ranx", ranx_scores))
+    except ImportError:
+        print("ranx not installed: skipped", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as directory:
+        run_path, qrels_path = make_data(directory, args.queries, args.depth)
+        lines = args.queries * args.depth
+        results = {name: timed(fn, run_path, qrels_path, repeats=args.repeats)
+                   for name, fn in tools}
+    reference = results["pytrec_eval"][0]
+    print(f"{lines:,} run lines, {args.queries:,} queries; median of {args.repeats} "
+          f"(min-max), seconds, reading files included\n")
+    print("| tool | time | vs hbt-score (command) | " + " | ".join(METRICS) + " |")
+    print("|---" * (3 + len(METRICS)) + "|")
+    ours = statistics.median(results["hbt-score (command)"][1])
+    for name, (values, times) in results.items():
+        median = statistics.median(times)
+        print(f"| {name} | {median:.2f} ({min(times):.2f}-{max(times):.2f}) | "
+              f"{median / ours:.2f}x | " + " | ".join(f"{values[m]:.6f}" for m in METRICS) + " |")
+    for name, (values, _) in results.items():
+        for metric in METRICS:
+            if abs(values[metric] - reference[metric]) > 1e-9:
+                print(f"MISMATCH: {name} {metric} = {values[metric]!r}, pytrec_eval "
+                      f"{reference[metric]!r}", file=sys.stderr)
+                sys.exit(1)
+    print("\nall tools agree with pytrec_eval to 1e-9")
+
+
+if __name__ == "__main__":
+    main()
