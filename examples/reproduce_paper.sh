@@ -11,15 +11,15 @@
 #
 # Phases run most important first, so a partial run already answers the main question:
 #   1 data   2 untrained + first seed of each strategy on XQuAD-R (+ significance)
-#   3 the same four models on MLQA-R   4 the other seeds (XQuAD-R, then MLQA-R)
-#   5 alpha sweep   6 MIRACL-mini
+#   3 the same four models on MLQA-R   4 the other seeds on XQuAD-R   5 alpha sweep
+#   6 the other seeds on MLQA-R   7 MIRACL-mini (the last two are the expensive ones)
 # Every result that already exists is skipped, so an interrupted run continues where it stopped
 # (training resumes from its last checkpoint). Each command's wall time is appended to
 # $RESULTS/timings.jsonl as {"step": ..., "seconds": ...}. Then: python examples/make_report.py
 #
 # Environment: RESULTS (default results/paper), STEPS (default 60), BATCH (default 32; the
 # paper's is 100, too slow on 2 CPU cores), SEEDS (default "0 1 2"), ALPHAS (default
-# "0 0.25 0.5 0.75 1"), MIRACL_LANGS (default: all 18), PHASES (default "1 2 3 4 5 6"),
+# "0 0.25 0.5 0.75 1"), MIRACL_LANGS (default: all 18), PHASES (default "1 2 3 4 5 6 7"),
 # MODEL (default multilingual-e5-small), SHARED (default ../shared, holding data/),
 # LAREQA_FIELDS (candidate text for hbt-encode --fields: default lareqa = sentence + paragraph).
 # SMOKE=1 shrinks everything (3 steps of 4, 2 articles, 2 seeds, 3 alphas, sentence-only
@@ -47,7 +47,7 @@ else
   lareqa_fields="${LAREQA_FIELDS:-lareqa}"
 fi
 model="${MODEL:-multilingual-e5-small}"
-phases="${PHASES:-1 2 3 4 5 6}"
+phases="${PHASES:-1 2 3 4 5 6 7}"
 first_seed="${seeds%% *}"
 warmup=$(( steps / 10 ))
 mkdir -p "$results"/{data,models,embeddings,scores,significance}
@@ -194,9 +194,8 @@ if phase 3; then
   seed_systems "$first_seed" mlqa-r
 fi
 if phase 4; then
-  log "phase 4: the other seeds ($seeds)"
+  log "phase 4: the other seeds ($seeds) on XQuAD-R"
   for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" xquad-r; done
-  for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" mlqa-r; done
 fi
 if phase 5; then
   log "phase 5: alpha sweep ($alphas), seed $first_seed, XQuAD-R"
@@ -208,7 +207,11 @@ if phase 5; then
   done
 fi
 if phase 6; then
-  log "phase 6: MIRACL-mini ($miracl_langs)"
+  log "phase 6: the other seeds ($seeds) on MLQA-R"
+  for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" mlqa-r; done
+fi
+if phase 7; then
+  log "phase 7: MIRACL-mini ($miracl_langs)"
   for strategy in mono cross hybrid; do train "$strategy-s$first_seed" "$strategy" 0.5 "$first_seed"; done
   for system in untrained "mono-s$first_seed" "cross-s$first_seed" "hybrid-s$first_seed"; do
     for lang in $miracl_langs; do miracl "$system" "$lang"; done
