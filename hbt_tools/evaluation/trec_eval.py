@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import Metric, RankedHits
-from ..trec import Qrels, RunColumns
+from ..trec import Qrels, RunColumns, hash_byte_strings, may_be_in
 
 
 @dataclass
@@ -47,10 +47,10 @@ def rank_relevant(run: RunColumns, qrels: Qrels) -> tuple[list[str], RankedHits]
     unit_of_query[evaluated] = np.arange(len(evaluated))
 
     relevant = [{d.encode(): g for d, g in qrels[qid].items() if g > 0} for qid in query_ids]
-    relevant_docids = set().union(*relevant) if relevant else set()
+    relevant_docids = list(set().union(*relevant)) if relevant else []
     line_unit = unit_of_query[run.query_index]
-    candidate = np.fromiter(map(relevant_docids.__contains__, run.docids), dtype=bool,
-                            count=len(run.docids)) & (line_unit >= 0)
+    candidate = (may_be_in(run.docids.hashes, hash_byte_strings(relevant_docids))
+                 & (line_unit >= 0))
     hit_lines, hit_grades = [], []
     for line in np.flatnonzero(candidate).tolist():
         grade = relevant[line_unit[line]].get(run.docids[line])
