@@ -37,6 +37,7 @@ import numpy as np
 
 from .io import (InputError, STDIO, display_name, dumps_jsonl, field, iter_lines,
                  parse_json_line, sidecar_path)
+from .models.folder import check_model_folder
 
 KINDS = ("query", "passage")
 DEFAULT_FIELDS = {"query": "text", "passage": "title?,text,context?"}
@@ -156,7 +157,7 @@ def iter_chunks(path, recipe: TextRecipe, chunk_rows: int,
             continue
         obj = parse_json_line(raw, path, lineno)
         chunk.ids.append(str(field(obj, "id", (str, int), path, lineno)))
-        chunk.langs.append(field(obj, "lang", str, path, lineno, default=None))
+        chunk.langs.append(field(obj, "lang", str, path, lineno, default=None, nonempty=True))
         chunk.lines.append(lineno)
         chunk.texts.append(recipe.build(obj, path, lineno))
         if len(chunk.ids) == chunk_rows:
@@ -405,6 +406,7 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
             raise InputError("must be at least 1", field=name)
     recipe = TextRecipe.from_options(kind, fields, template)
     shard_spec = parse_shard(shard)
+    check_model_folder(model)
     # Read and check the first chunk before loading the model: a bad file fails in a moment.
     chunks = iter_chunks(input_path, recipe, chunk_rows, shard_spec)
     first_chunk = next(chunks)

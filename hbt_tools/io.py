@@ -196,7 +196,7 @@ def read_sidecar(path: str) -> list[dict]:
         if rid in seen:
             raise InputError(f"duplicate id {rid!r}", path, lineno, "id")
         seen.add(rid)
-        lang = field(obj, "lang", str, path, lineno, default=None)
+        lang = field(obj, "lang", str, path, lineno, default=None, nonempty=True)
         rows.append({"id": rid, "lang": lang})
     return rows
 
@@ -210,6 +210,9 @@ def load_embeddings(npy_path: str | os.PathLike, mmap: bool = False, check_finit
 
     npy_path = os.fspath(npy_path)
     try:
+        with open(npy_path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise InputError("not a .npy file (no NumPy header)", npy_path)
         emb = np.load(npy_path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise InputError("no such file", npy_path) from None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli_contract import CommandContract
+from cli_contract import CommandContract, jsonl_cases, model_cases
 from conftest import ROOT
 from tiny_models import FAMILIES, make_tiny_model
 
@@ -92,27 +92,17 @@ class TestEncodeCommand(CommandContract):
     def bad_inputs(self, tmp_path):
         out = str(tmp_path / "out.npy")
         args = ["--model", self.model, "--kind", "query", "-o", out]
-        bad_json = tmp_path / "bad.jsonl"
-        bad_json.write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": \n')
-        yield "invalid JSON", args + [bad_json], None, "bad.jsonl:2"
-        missing = write_jsonl(tmp_path / "missing.jsonl", [{"id": "a", "text": "x"}, {"id": "b"}])
-        yield "missing field", args + [missing], None, "missing.jsonl:2: field 'text': missing"
-        mistyped = write_jsonl(tmp_path / "typed.jsonl", [{"id": "a", "text": 3}])
-        yield "mistyped field", args + [mistyped], None, "typed.jsonl:1: field 'text'"
+        ok = write_jsonl(tmp_path / "ok.jsonl", [{"id": "a", "text": "x"}])
+        yield from jsonl_cases(tmp_path, "texts", [{"id": "a", "text": "x", "lang": "en"},
+                                                   {"id": "b", "text": "y", "lang": "de"}],
+                               lambda path: args + [path], required=("text",), id_field="id",
+                               lang_field=("lang",))
+        yield "empty stdin", args + ["-"], b"\n\n", "<stdin>: empty input"
+        yield "non-UTF-8 stdin", args + ["-"], b'{"id": "a", "text": "caf\xe9"}\n', "<stdin>:1"
         bad_id = write_jsonl(tmp_path / "badid.jsonl", [{"id": [1], "text": "x"}])
         yield "mistyped id", args + [bad_id], None, "badid.jsonl:1: field 'id'"
-        yield "empty input", args + ["-"], b"\n\n", "empty input"
-        yield "non-UTF-8", args + ["-"], b'{"id": "a", "text": "caf\xe9"}\n', "<stdin>:1"
-        dup = write_jsonl(tmp_path / "dup.jsonl",
-                          [{"id": "a", "text": "x"}, {"id": "b", "text": "y"},
-                           {"id": "a", "text": "z"}])
-        yield "duplicate ids", args + [dup], None, "dup.jsonl:3: field 'id': duplicate id 'a'"
-        not_model = tmp_path / "notamodel"
-        not_model.mkdir()
-        (not_model / "config.json").write_text("{}")
-        ok = write_jsonl(tmp_path / "ok.jsonl", [{"id": "a", "text": "x"}])
-        yield ("not a model", ["--model", not_model, "--kind", "query", ok, "-o", out], None,
-               "notamodel")
+        yield from model_cases(tmp_path, lambda model: ["--model", model, "--kind", "query", ok,
+                                                        "-o", out])
         yield "bad shard", args + ["--shard", "3/3", ok], None, "field 'shard'"
         yield "bad template", args + ["--template", "{text.upper}", ok], None, "field 'template'"
         yield "bad fields", args + ["--fields", "text,a b", ok], None, "field 'fields'"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from cli_contract import CommandContract
+from cli_contract import CommandContract, npy_cases
 from conftest import ROOT, run_cli
 from hbt_tools.indexing import IndexSettings, index_embeddings, load_index
 from hbt_tools.io import save_embeddings
@@ -86,20 +86,8 @@ class TestIndexContract(CommandContract):
     def bad_inputs(self, tmp_path):
         good = tied_vectors(30)
         out = str(tmp_path / "idx")
-        rows_mismatch = write_embeddings(tmp_path / "rows.npy", good)
-        np.save(rows_mismatch, good[:29])
-        yield "rows differ from sidecar", [rows_mismatch, "-o", out], None, "29 rows"
-        with_nan = good.copy()
-        with_nan[7, 3] = np.nan
-        yield ("NaN row", [write_embeddings(tmp_path / "nan.npy", with_nan), "-o", out], None,
-               "row 7 (id 'd7') holds NaN or inf")
-        with_inf = good.copy()
-        with_inf[12, 0] = np.inf
-        yield ("inf row", [write_embeddings(tmp_path / "inf.npy", with_inf), "-o", out], None,
-               "row 12")
+        yield from npy_cases(tmp_path, "corpus", lambda npy: [npy, "-o", out])
         ids = [f"d{i}" for i in range(30)]
-        dup = write_embeddings(tmp_path / "dup.npy", good, ids[:29] + ["d3"])
-        yield "duplicate id", [dup, "-o", out], None, "duplicate id 'd3'"
         spaced = write_embeddings(tmp_path / "sp.npy", good, ids[:29] + ["d 29"])
         yield "id with a space", [spaced, "-o", out], None, "whitespace"
         ok = write_embeddings(tmp_path / "ok.npy", good)
@@ -134,15 +122,8 @@ class TestSearchContract(CommandContract):
         other_dim = write_embeddings(tmp_path / "q8.npy", tied_vectors(3, dim=8), ["a", "b", "c"])
         yield ("dim mismatch", ["--index", index, other_dim, "-o", run], None,
                f"q8.npy: queries have dim 8 but index {index} has dim 16")
-        nan = tied_vectors(3)
-        nan[1, 0] = np.nan
-        nan_npy = write_embeddings(tmp_path / "qnan.npy", nan, ["a", "b", "c"])
-        yield "NaN query", ["--index", index, nan_npy, "-o", run], None, "row 1 (id 'b')"
-        rows = write_embeddings(tmp_path / "qrows.npy", tied_vectors(3), ["a", "b", "c"])
-        np.save(rows, tied_vectors(4))
-        yield "rows differ", ["--index", index, rows, "-o", run], None, "4 rows"
-        dup = write_embeddings(tmp_path / "qdup.npy", tied_vectors(3), ["a", "b", "a"])
-        yield "duplicate query id", ["--index", index, dup, "-o", run], None, "duplicate id 'a'"
+        yield from npy_cases(tmp_path, "queries", lambda npy: ["--index", index, npy, "-o", run],
+                             dim=16)
         (tmp_path / "empty-dir").mkdir()
         yield ("not an index", ["--index", tmp_path / "empty-dir", queries, "-o", run], None,
                "not an hbt index")

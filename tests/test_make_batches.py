@@ -13,7 +13,7 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cli_contract import CommandContract
+from cli_contract import CommandContract, jsonl_cases
 from conftest import ROOT, run_cli
 from hbt_tools import batching
 from hbt_tools.batching import BatchSampler, count_steps, make_batches, open_datasets
@@ -275,21 +275,14 @@ class TestContract(CommandContract):
             path.write_bytes(content)
             return label, [path, "--steps", 1, "--batch-size", 1, *options, *out], None, expected
 
-        yield case("invalid-json", line + b"\n{not json\n", "invalid-json.jsonl:2: invalid JSON")
-        yield case("missing-field", line + b'\n{"group": "g1", "lang": "en", "positive": "p"}\n',
-                   "missing-field.jsonl:2: field 'query': missing")
-        yield case("mistyped-field", b'{"group": "g1", "lang": 7, "query": "q", "positive": "p"}\n',
-                   "mistyped-field.jsonl:1: field 'lang': expected a string")
+        yield from jsonl_cases(tmp_path, "pairs", list(pairs_lines([["en"], ["de"]]).values()),
+                               lambda path: [path, "--steps", 1, "--batch-size", 1, *out],
+                               required=("query",), id_field="group", duplicate_field="lang",
+                               lang_field=("lang",))
         yield case("mistyped-negatives", line[:-1] + b', "negatives": ["a", 3]}\n',
                    "mistyped-negatives.jsonl:1: field 'negatives': item 1")
         yield case("empty-text", b'{"group": "g1", "lang": "en", "query": "", "positive": "p"}\n',
                    "empty-text.jsonl:1: field 'query': empty")
-        yield case("not-an-object", line + b"\n[1, 2]\n", "not-an-object.jsonl:2: expected a JSON object")
-        yield case("empty", b"", "empty.jsonl: empty input")
-        yield case("blank-lines-only", b"\n  \n", "blank-lines-only.jsonl: empty input")
-        yield case("non-utf8", line + b'\n{"group": "g1", "lang": "en", "query": "\xff", "positive": "p"}\n',
-                   "non-utf8.jsonl:2: not valid UTF-8")
-        yield case("duplicate", line + b"\n" + line + b"\n", "duplicate.jsonl:2: field 'lang': group 'g0'")
         yield case("no-cross-pairs", line + b"\n", "no cross-lingual pairs available",
                    "--strategy", "cross")
         yield "unknown-strategy", [good, "--strategy", "multi", "--steps", 1, *out], None, "'--strategy'"

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from cli_contract import CommandContract
+from cli_contract import CommandContract, jsonl_cases, qrels_cases
 from conftest import ROOT, run_cli, shared_path
 from hbt_tools.data.miracl import iter_corpus, prepare_miracl
 from hbt_tools.data.squad import parse_articles, sentence_spans
@@ -154,21 +154,23 @@ class TestPrepareContract(CommandContract):
 
         yield miracl_case("no tab", "topics.tsv", b"1\tWhat?\n2 Who?\n", "topics.tsv:2")
         yield miracl_case("dup topic", "topics.tsv", b"1\tA?\n1\tB?\n", "duplicate query id")
-        yield miracl_case("qrels cols", "qrels.tsv", b"1 Q0 d1 1\n1 d2 1\n", "qrels.tsv:2")
         yield miracl_case("qrels qid", "qrels.tsv", b"1 Q0 d1 1\n9 Q0 d2 1\n",
                           "query '9' is judged here but missing from the topics")
+        judged_topics = inputs / "judged-topics.tsv"
+        judged_topics.write_text("q1\tWhat?\n1\tWho?\n")
+
+        def miracl_args(topics=topics, qrels=qrels, corpus=corpus):
+            return ["miracl", "--topics", topics, "--qrels", qrels, "--corpus", corpus,
+                    "--lang", "xx", "-o", out]
+
+        yield from qrels_cases(tmp_path, "miracl-qrels",
+                               lambda path: miracl_args(topics=judged_topics, qrels=path))
+        yield from jsonl_cases(tmp_path, "miracl-corpus",
+                               [{"docid": "d1", "title": "T", "text": "x"},
+                                {"docid": "d2", "title": "T", "text": "y"}],
+                               lambda path: miracl_args(corpus=path), required=("text",),
+                               id_field="docid")
         good_lines = b'{"docid": "a", "title": "", "text": "t"}\n' * 2
-        yield miracl_case("corpus json", "corpus.jsonl", good_lines + b'{"docid": "c",\n',
-                          "corpus.jsonl:3")
-        yield miracl_case("corpus text", "corpus.jsonl", b'{"docid": "c", "title": "T"}\n',
-                          "field 'text': missing")
-        yield miracl_case("corpus docid type", "corpus.jsonl",
-                          b'{"docid": 7, "title": "T", "text": "x"}\n', "field 'docid'")
-        yield miracl_case("corpus utf8", "corpus.jsonl",
-                          good_lines + b'{"docid": "c", "text": "\xff"}\n', "corpus.jsonl:3")
-        yield miracl_case("corpus dup", "corpus.jsonl", corpus.read_bytes() * 2,
-                          "corpus.jsonl:3: field 'docid': duplicate docid 'd1'")
-        yield miracl_case("corpus empty", "corpus.jsonl", b"\n", "empty")
         yield miracl_case("corpus truncated gz", "corpus.jsonl.gz",
                           gzip.compress(good_lines * 500)[:-20], "gzip")
 

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from cli_contract import CommandContract
+from cli_contract import CommandContract, jsonl_cases, npy_cases, qrels_cases, run_cases
 from conftest import run_cli
 from hbt_tools.io import save_embeddings
 
@@ -59,31 +59,17 @@ class TestScoreContract(CommandContract):
             (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
             return str(tmp_path / name)
 
-        yield ("run: 5 columns", [
-            "--qrels", qrels, write("r1", "q1 Q0 a 1 2.0 t\nq1 Q0 b 2 1.0\n"), "-o", out],
-            None, "r1:2: expected 6 columns")
-        yield ("run: score not a number", [
-            "--qrels", qrels, write("r2", "q1 Q0 a 1 high t\n"), "-o", out],
-            None, "r2:1: field 'score'")
-        yield ("run: duplicate docid", [
-            "--qrels", qrels, write("r3", "q1 Q0 a 1 2 t\nq1 Q0 a 2 1 t\n"), "-o", out],
-            None, "r3:2: field 'docid'")
-        yield ("run: empty", ["--qrels", qrels, write("r4", ""), "-o", out], None, "empty run")
-        yield ("run: not UTF-8", ["--qrels", qrels, write("r5", b"q1 Q0 \xff 1 2 t\n"),
-                                  "-o", out], None, "r5:1")
-        yield ("qrels: 3 columns", ["--qrels", write("q1", "q1 0 a\n"), a, "-o", out],
-               None, "q1:1: expected 4 columns")
-        yield ("qrels: rel not a number", ["--qrels", write("q2", "q1 0 a yes\n"), a, "-o", out],
-               None, "q2:1: field 'rel'")
+        yield from run_cases(tmp_path, "run", lambda run: ["--qrels", qrels, run, "-o", out])
+        yield from qrels_cases(tmp_path, "qrels", lambda path: ["--qrels", path, a, "-o", out])
+        yield from jsonl_cases(tmp_path, "by-lang", [{"id": "q1", "lang": "de"},
+                                                     {"id": "q2", "lang": "en"}],
+                               lambda path: ["--qrels", qrels, "--by-lang", path, a, "-o", out],
+                               required=("lang",), id_field="id", lang_field=("lang",))
         yield ("unknown metric", ["--qrels", qrels, "-m", "bleu", a, "-o", out], None,
                "unknown metric 'bleu'")
         yield ("by-lang: query missing", ["--qrels", qrels, "--by-lang",
                                           write("ql.jsonl", '{"id": "q1", "lang": "de"}\n'),
                                           a, "-o", out], None, "'q2'")
-        yield ("by-lang: duplicate id", ["--qrels", qrels, "--by-lang",
-                                         write("qd.jsonl", '{"id": "q1", "lang": "de"}\n'
-                                                           '{"id": "q1", "lang": "en"}\n'),
-                                         a, "-o", out], None, "qd.jsonl:2: field 'id'")
         yield ("compare: three runs", ["--qrels", qrels, "--compare", a, b, qrels, "-o", out],
                None, "exactly two")
         q, c = toy_embeddings(tmp_path, "dim")
@@ -92,19 +78,10 @@ class TestScoreContract(CommandContract):
         yield ("lareqa: dimension mismatch", ["--protocol", "lareqa", "--qrels", lq,
                                               "--queries", q, "--corpus", c, "-o", out],
                None, "dimension")
-        np.save(tmp_path / "dim-c.npy", np.ones((2, 2), dtype=np.float32))
-        yield ("lareqa: rows differ from sidecar", ["--protocol", "lareqa", "--qrels", lq,
-                                                    "--queries", q, "--corpus", c, "-o", out],
-               None, "dim-c.ids.jsonl: 2 rows")
-        q, c = toy_embeddings(tmp_path, "nan", nan=True)
-        yield ("lareqa: NaN", ["--protocol", "lareqa", "--qrels", lq, "--queries", q,
-                               "--corpus", c, "-o", out], None, "NaN")
-        (tmp_path / "nan-c.ids.jsonl").write_text('{"id": "en1", "lang": "en"}\n'
-                                                  '{"id": "en1", "lang": "de"}\n'
-                                                  '{"id": "en2", "lang": "en"}\n')
-        yield ("lareqa: duplicate ids", ["--protocol", "lareqa", "--qrels", lq, "--queries", q,
-                                         "--corpus", c, "-o", out], None,
-               "nan-c.ids.jsonl:2: field 'id'")
+        valid_queries, _ = toy_embeddings(tmp_path, "ok")  # queries load as the corpus does
+        yield from npy_cases(tmp_path, "lareqa-corpus",
+                             lambda npy: ["--protocol", "lareqa", "--qrels", lq, "--queries",
+                                          valid_queries, "--corpus", npy, "-o", out], dim=2)
         yield ("lareqa: run files given", ["--protocol", "lareqa", "--qrels", lq, "--queries", q,
                                            "--corpus", c, a, "-o", out], None, "no RUN")
 

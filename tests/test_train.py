@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from batch_factory import make_batches, write_batches
-from cli_contract import CommandContract
+from cli_contract import CommandContract, jsonl_cases, model_cases
 from conftest import ROOT, run_cli
 from tiny_models import FAMILIES, make_tiny_model
 
@@ -74,30 +74,22 @@ class TestContract(CommandContract):
     def bad_inputs(self, tmp_path):
         good = json.dumps(make_batches(1, items=2)[0])
         out = tmp_path / "out"
-        cases = {
-            "bad-json.jsonl": (good + "\n{not json\n", "bad-json.jsonl:2"),
-            "no-query.jsonl": (good + "\n" + good.replace('"query":', '"q":', 1) + "\n",
-                               "no-query.jsonl:2: field 'items[0].query': missing"),
-            "negatives.jsonl": (good.replace('"negatives": [', '"negatives": [3, ', 1) + "\n",
-                                "negatives.jsonl:1: field 'items[0].negatives'"),
-            "empty.jsonl": ("\n", "empty input"),
-        }
-        for name, (text, expected) in cases.items():
-            path = tmp_path.parent / f"{tmp_path.name}-{name}"  # outside tmp_path: no leftover
-            path.write_text(text, encoding="utf-8")
-            yield name, ["--model", tiny(), "--output", out, "--quiet", path], None, expected
+        rows = make_batches(2, items=2)
         batches = tmp_path.parent / f"{tmp_path.name}-good.jsonl"
         batches.write_text(good + "\n", encoding="utf-8")
-        not_a_model = tmp_path.parent / f"{tmp_path.name}-not-a-model"
-        not_a_model.mkdir(exist_ok=True)
-        (not_a_model / "README").write_text("hello")
-        yield ("not a model", ["--model", not_a_model, "--output", out, batches], None,
-               "cannot load a model")
-        weights_only = tmp_path.parent / f"{tmp_path.name}-weights-only"
-        weights_only.mkdir(exist_ok=True)
-        (weights_only / "config.json").write_text('{"model_type": "bert"}')
-        yield ("config but no weights", ["--model", weights_only, "--output", out, batches], None,
-               "cannot load a model")
+        for name, reads in (("batches", lambda path: [path]),
+                            ("validation", lambda path: ["--validation", path, batches])):
+            yield from jsonl_cases(tmp_path, name, rows,
+                                   lambda path: ["--model", tiny(), "--output", out, "--quiet",
+                                                 *reads(path)],
+                                   required=("items", 0, "query"),
+                                   lang_field=("items", 1, "positive_lang"))
+        negatives = tmp_path.parent / f"{tmp_path.name}-negatives.jsonl"
+        negatives.write_text(good.replace('"negatives": [', '"negatives": [3, ', 1) + "\n")
+        yield ("mistyped negatives", ["--model", tiny(), "--output", out, "--quiet", negatives],
+               None, "negatives.jsonl:1: field 'items[0].negatives'")
+        yield from model_cases(tmp_path, lambda model: ["--model", model, "--output", out,
+                                                        batches])
         yield ("resume without checkpoint", ["--model", tiny(), "--output", out, "--resume",
                                              batches], None, "no checkpoint")
         yield ("stdin without --max-steps", ["--model", tiny(), "--output", out, "-"],

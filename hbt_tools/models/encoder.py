@@ -13,6 +13,7 @@ import sys
 import torch
 
 from ..io import InputError
+from .folder import check_model_folder
 from .settings import RetrievalSettings, family_defaults
 
 
@@ -69,7 +70,9 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
     """Load model + tokenizer; settings = saved ``hbt_retrieval.json`` or family defaults,
     then any non-None ``overrides`` (pooling, query_prefix, max_query_length, ...)."""
     import transformers
+    from safetensors import SafetensorError
 
+    check_model_folder(name_or_path)
     path = resolve_model_path(name_or_path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -80,7 +83,7 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
             model, loading_info = model_class.from_pretrained(
                 path, config=config, trust_remote_code=trust_remote_code,
                 output_loading_info=True)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load a model from here ({first})", name_or_path) from None
     base = (RetrievalSettings.load(path) if os.path.isdir(path) else None) \

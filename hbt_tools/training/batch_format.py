@@ -4,8 +4,8 @@
      "positive": "...", "positive_lang": "de", "negatives": ["...", ...]}, ...]}
 
 ``items`` must be a non-empty list; ``query`` and ``positive`` strings; ``negatives`` (optional) a
-list of strings; ``kind`` (optional) a string. Errors name the file, line and field, e.g.
-``batches.jsonl:12: field 'items[3].query': missing``.
+list of strings; ``query_lang``, ``positive_lang`` and ``kind`` (optional) non-empty strings.
+Errors name the file, line and field, e.g. ``batches.jsonl:12: field 'items[3].query': missing``.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def parse_batch(obj: dict, path, line: int) -> tuple[str | None, list[dict]]:
                              f"items[{i}]")
         _item_field(item, i, "query", str, path, line)
         _item_field(item, i, "positive", str, path, line)
+        for name in ("query_lang", "positive_lang"):
+            _item_field(item, i, name, str, path, line, default=None, nonempty=True)
         negatives = _item_field(item, i, "negatives", list, path, line, default=[])
         if not all(isinstance(n, str) for n in negatives):
             raise InputError("expected a list of strings", path, line, f"items[{i}].negatives")

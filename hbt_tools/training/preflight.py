@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..io import STDIO, InputError
+from ..models.folder import check_model_folder
 from .batch_format import check_batch_file
 from .layout import last_checkpoint
 
@@ -19,10 +20,7 @@ def preflight(config) -> int | None:
     if config.batches == STDIO and not config.max_steps:
         raise InputError("reading batches from stdin: give --max-steps (the learning-rate "
                          "schedule needs the total number of steps)", field="max-steps")
-    if os.path.isdir(config.model) and not os.path.isfile(os.path.join(config.model,
-                                                                        "config.json")):
-        raise InputError("cannot load a model from here (a folder without config.json)",
-                         config.model)
+    check_model_folder(config.model)
     if config.resume:
         last_checkpoint(config.output)
     if config.validation and check_batch_file(config.validation) == 0:
