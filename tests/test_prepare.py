@@ -307,6 +307,12 @@ def test_pairs_from_lareqa_files(tmp_path):
     assert [(r["group"], r["lang"], r["source"]) for r in rows] == [("q1", "de", "xquad")]
     assert rows[0]["positive"] == "Paris ist groß. Sehr groß. Es hat einen Turm. Er ist aus Eisen."
 
+    prepare("pairs", toy, "-o", tmp_path / "p3.jsonl", "--positive", "sentence+context",
+            "--articles", "0:1", "--langs", "de")
+    rows = read_jsonl(tmp_path / "p3.jsonl")
+    assert rows[0]["positive"] == ("Es hat einen Turm. "
+                                   "Paris ist groß. Sehr groß. Es hat einen Turm. Er ist aus Eisen.")
+
 
 def test_pairs_from_plain_squad_split_sentences_around_the_answer(tmp_path):
     context = "The U.S. Army was founded in 1775. It is large! Is it old? Yes."

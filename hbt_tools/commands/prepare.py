@@ -65,8 +65,9 @@ hbt-prepare pairs squad-translations/ --positive paragraph --source squad-mt -o 
 @click.option("--articles", help=ARTICLES_HELP)
 @click.option("--positive", default="sentence", show_default=True,
               help=f"Positive passage ({' or '.join(POSITIVE_KINDS)}): the answer's sentence "
-                   "(LAReQA sentence_breaks, else a simple punctuation splitter) or its whole "
-                   "paragraph.")
+                   "(LAReQA sentence_breaks, else a simple punctuation splitter), its whole "
+                   "paragraph, or the sentence followed by its paragraph (as LAReQA candidates "
+                   "are encoded).")
 @click.option("--source", help="Dataset name for the 'source' field; default: each folder's name.")
 def pairs(directories, output, langs, articles, positive, source):
     """Parallel training pairs (pairs.jsonl) from folders of {lang}.json[.gz] SQuAD-format files.

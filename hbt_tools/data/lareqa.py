@@ -18,7 +18,7 @@ from typing import Iterator
 from ..io import InputError
 from .squad import Paragraph, language_files, read_squad
 
-POSITIVE_KINDS = ("sentence", "paragraph")
+POSITIVE_KINDS = ("sentence", "paragraph", "sentence+context")
 
 
 @dataclass
@@ -74,7 +74,9 @@ def iter_pairs(directories: list[str], langs: list[str] | None = None,
     ``positive="sentence"``: the sentence holding the answer start (LAReQA's ``sentence_breaks``
     when the paragraph has them; otherwise :func:`~hbt_tools.data.squad.sentence_spans`, with the
     sentences the answer runs into joined, so that an abbreviation inside the answer cannot cut
-    it). ``positive="paragraph"``: the whole context. ``source`` defaults to each folder's name.
+    it). ``positive="paragraph"``: the whole context. ``positive="sentence+context"``: the
+    sentence, a space, then its paragraph: the text that LAReQA candidates are encoded as
+    (``hbt-encode``'s passage default), so training matches evaluation. ``source`` defaults to each folder's name.
     ``langs`` must each exist in at least one folder; a folder lacking some of them is fine.
     """
     if positive not in POSITIVE_KINDS:
@@ -102,6 +104,8 @@ def iter_pairs(directories: list[str], langs: list[str] | None = None,
 def _positive_text(paragraph: Paragraph, question, positive: str) -> str:
     if positive == "paragraph":
         return paragraph.context
+    if positive == "sentence+context":
+        return f"{_positive_text(paragraph, question, 'sentence')} {paragraph.context}"
     first = paragraph.sentence_index(question.answer_start)
     if paragraph.has_sentence_breaks:
         return paragraph.sentences[first]
