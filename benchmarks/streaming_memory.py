@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[20, 200])
     parser.add_argument("--model", help="Encoder for hbt-encode (default: a tiny random model).")
     parser.add_argument("--shard", default="0/50")
+    parser.add_argument("--chunk-size", default="8192",
+                        help="hbt-encode --chunk-size: rows held per chunk (up to 3 chunks are in "
+                             "flight), so encode memory levels off once a chunk fills.")
     parser.add_argument("--workdir", default=None, help="Where the corpora go (default: $TMPDIR).")
     options = parser.parse_args()
 
@@ -93,6 +96,7 @@ def main() -> None:
             os.remove(corpus)
             encode_rss, encode_s = measure(
                 ["hbt-encode", "--model", model, "--kind", "passage", "--shard", options.shard,
+                 "--chunk-size", options.chunk_size,
                  os.path.join(out, "corpus.jsonl"), "-o", os.path.join(work, "c.npy")])
             shutil.rmtree(out)
             print(f"{size:>9.0f} {passages:>10} {prepare_rss:>15.0f} {prepare_s:>7.1f} "
