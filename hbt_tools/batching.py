@@ -63,7 +63,7 @@ from typing import IO, Iterator, Sequence
 import numpy as np
 import orjson
 
-from .io import STDIO, InputError, display_name, field, parse_json_line
+from .io import STDIO, InputError, display_name, field, open_file, parse_json_line
 
 STRATEGIES = ("hybrid", "mono", "cross", "mixed")
 DATASET_SAMPLING = ("proportional", "uniform", "temperature")
@@ -131,25 +131,14 @@ def _open_random_access(path: str) -> IO[bytes]:
             if path == STDIO:
                 shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
             else:
-                with _open_file(path) as raw, gzip.open(raw) as unzipped:
+                with open_file(path, buffering=0) as raw, gzip.open(raw) as unzipped:
                     shutil.copyfileobj(unzipped, spool, 1 << 20)
         except (OSError, EOFError) as e:
             spool.close()
             raise InputError(f"cannot read ({e})", path) from None
         spool.seek(0)
         return spool
-    return _open_file(path)
-
-
-def _open_file(path: str) -> IO[bytes]:
-    try:
-        return open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, expected a file", path) from None
-    except PermissionError:
-        raise InputError("permission denied", path) from None
+    return open_file(path, buffering=0)
 
 
 def _index_source(path: str, source: IO[bytes], keep_langs: Sequence[str] | None) -> PairsIndex:

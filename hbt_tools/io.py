@@ -41,6 +41,18 @@ def display_name(path: str | os.PathLike | None) -> str:
 
 # ---------------------------------------------------------------- inputs
 
+def open_file(path: str | os.PathLike, buffering: int = 1 << 20) -> IO[bytes]:
+    """Open a file for binary reading; a missing or unreadable file is an InputError."""
+    try:
+        return open(path, "rb", buffering=buffering)
+    except FileNotFoundError:
+        raise InputError("no such file", path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a file", path) from None
+    except PermissionError:
+        raise InputError("permission denied", path) from None
+
+
 @contextlib.contextmanager
 def open_input(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Open a binary input stream; ``-`` is stdin, ``.gz`` is decompressed on the fly."""
@@ -48,15 +60,9 @@ def open_input(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         yield sys.stdin.buffer
         return
     path = os.fspath(path)
-    try:
-        fh = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb", buffering=1 << 20)
-    except FileNotFoundError:
-        raise InputError("no such file", path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, expected a file", path) from None
-    except PermissionError:
-        raise InputError("permission denied", path) from None
-    with fh:
+    raw = open_file(path)
+    fh = gzip.open(raw, "rb") if path.endswith(".gz") else raw
+    with raw, fh:
         yield fh
 
 

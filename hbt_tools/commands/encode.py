@@ -6,6 +6,7 @@ import click
 
 from ..cli import command
 from ..encoding import DEFAULT_FIELDS, FIELD_PRESETS, KINDS, OUTPUT_DTYPES
+from .model_options import model_settings_options
 
 EXAMPLE = """\
 hbt-encode --model multilingual-e5-small --kind query queries.jsonl -o q.npy
@@ -33,22 +34,9 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
                    + ", ".join(f"{k} = {v}" for k, v in FIELD_PRESETS.items()) + ".")
 @click.option("--template", default=None,
               help="Text as a template of row fields instead, e.g. '{title}: {text}'.")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None,
-              help="Override the model's pooling (default: its hbt_retrieval.json, else its "
-                   "family's: mean for XLM-R/mE5/mBART/mT5, cls for BERT/LaBSE).")
-@click.option("--query-prefix", default=None, help="Override the query prefix ('query: ').")
-@click.option("--passage-prefix", default=None,
-              help="Override the passage prefix ('passage: ').")
-@click.option("--max-query-length", type=click.IntRange(min=2), default=None,
-              help="Override the max query length in tokens (64).")
-@click.option("--max-passage-length", type=click.IntRange(min=2), default=None,
-              help="Override the max passage length in tokens (256).")
+@model_settings_options
 @click.option("--max-length", type=click.IntRange(min=2), default=None,
               help="Max length in tokens for this --kind (overrides both of the above).")
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
-              show_default=True,
-              help="Compute precision; auto = bf16 where the hardware is fast at it (AMX / "
-                   "AVX512-BF16 CPUs, Ampere+ GPUs).")
 @click.option("--output-dtype", type=click.Choice(tuple(OUTPUT_DTYPES)), default="float32",
               show_default=True, help="Precision of the stored embeddings.")
 @click.option("--batch-size", type=int, default=256, show_default=True,
@@ -59,8 +47,6 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
               help="Rows read, sorted by length and encoded together (memory bound).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Encode only rows with index % N == I (0-based), e.g. 0/4 ... 3/4.")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow the model folder's own Python code (off by default).")
 def cli(input_path, model, kind, output, fields, template, pooling, query_prefix, passage_prefix,
         max_query_length, max_passage_length, max_length, dtype, output_dtype, batch_size,
         batch_tokens, chunk_size, shard, trust_remote_code):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..cli import command
+from .model_options import model_settings_options
 
 EXAMPLE = """\
 hbt-make-batches pairs.jsonl --strategy hybrid --batch-size 100 --steps 1000 --seed 0 | \\
@@ -40,19 +41,7 @@ def _positive(ctx, param, value):
               help="InfoNCE temperature τ (scores are cosine / τ).")
 @click.option("--warmup-steps", type=int, default=0, show_default=True,
               help="Linear warm-up steps; then linear decay to 0 at the last step.")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]),
-              help="Default: the model's hbt_retrieval.json, else by family (mean for XLM-R, "
-                   "mE5, mBART, mT5; CLS for BERT/LaBSE).")
-@click.option("--query-prefix", help='Default: the model\'s settings, else "query: ".')
-@click.option("--passage-prefix", help='Default: the model\'s settings, else "passage: ".')
-@click.option("--max-query-length", type=int, callback=_positive,
-              help="Tokens per query. Default: the model's settings, else 64.")
-@click.option("--max-passage-length", type=int, callback=_positive,
-              help="Tokens per passage. Default: the model's settings, else 256.")
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
-              show_default=True,
-              help="Compute precision; auto = bf16 autocast where the hardware is fast at it "
-                   "(AMX/AVX512-BF16 CPUs, Ampere+ GPUs). Weights stay fp32.")
+@model_settings_options
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--save-steps", type=int, default=500, show_default=True,
               help="Write DIR/checkpoint-STEP every N steps (0 = never; only the latest is kept).")
@@ -67,7 +56,6 @@ def _positive(ctx, param, value):
 @click.option("--chunk-size", type=int, callback=_positive,
               help="Gradient caching: encode at most N texts at a time (memory of N, same "
                    "gradients as the whole batch).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with a hub model.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cli(batches, model, output, max_steps, lr, weight_decay, temperature, warmup_steps, pooling,
         query_prefix, passage_prefix, max_query_length, max_passage_length, dtype, seed,
