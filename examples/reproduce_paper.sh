@@ -21,7 +21,8 @@
 # paper's is 100, too slow on 2 CPU cores), SEEDS (default "0 1 2"), ALPHAS (default
 # "0 0.25 0.5 0.75 1"), MIRACL_LANGS (default: all 18), PHASES (default "1 2 3 4 5 6 7"),
 # MODEL (default multilingual-e5-small), SHARED (default ../shared, holding data/),
-# LAREQA_FIELDS (candidate text for hbt-encode --fields: default lareqa = sentence + paragraph).
+# LAREQA_FIELDS (candidate text for hbt-encode --fields: default lareqa = sentence + paragraph),
+# TRAIN_POSITIVE (hbt-prepare pairs --positive: default sentence+context, the candidates' text).
 # SMOKE=1 shrinks everything (3 steps of 4, 2 articles, 2 seeds, 3 alphas, sentence-only
 # candidates, 2 MIRACL languages
 # with their judged passages and 300 more) to test the whole script in a few minutes; its results are not results.
@@ -38,6 +39,7 @@ if [ "$smoke" = 1 ]; then
   miracl_langs="${MIRACL_LANGS:-de sw}"
   train_articles=0:2; xquad_articles=36:37; mlqa_articles=0:1; miracl_passages=300
   lareqa_fields="${LAREQA_FIELDS:-sentence}"
+  train_positive="${TRAIN_POSITIVE:-sentence}"
 else
   results="${RESULTS:-results/paper}"
   steps="${STEPS:-60}"; batch="${BATCH:-32}"; seeds="${SEEDS:-0 1 2}"
@@ -45,6 +47,7 @@ else
   miracl_langs="${MIRACL_LANGS:-ar bn de en es fa fi fr hi id ja ko ru sw te th yo zh}"
   train_articles=0:36; xquad_articles=36:48; mlqa_articles=0:; miracl_passages=
   lareqa_fields="${LAREQA_FIELDS:-lareqa}"
+  train_positive="${TRAIN_POSITIVE:-sentence+context}"
 fi
 model="${MODEL:-multilingual-e5-small}"
 phases="${PHASES:-1 2 3 4 5 6 7}"
@@ -70,7 +73,7 @@ cat > "$results/config.json" <<EOF
 {"model": "$model", "steps": $steps, "batch": $batch, "warmup_steps": $warmup,
  "seeds": "$seeds", "alphas": "$alphas", "train_articles": "$train_articles",
  "train_langs": "$train_langs", "xquad_articles": "$xquad_articles",
- "mlqa_articles": "$mlqa_articles", "candidate_fields": "$lareqa_fields",
+ "mlqa_articles": "$mlqa_articles", "candidate_fields": "$lareqa_fields", "train_positive": "$train_positive",
  "miracl_langs": "$miracl_langs", "smoke": $smoke,
  "commit": "$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
 EOF
@@ -97,7 +100,8 @@ if phase 1; then
   log "phase 1: data"
   data="$results/data"
   [ -s "$data/pairs.jsonl" ] || timed prepare-pairs hbt-prepare pairs "$shared/data/xquad-r" \
-    --langs "$train_langs" --articles "$train_articles" -o "$data/pairs.jsonl"
+    --langs "$train_langs" --articles "$train_articles" --positive "$train_positive" \
+    -o "$data/pairs.jsonl"
   [ -s "$data/xquad-r/qrels.trec" ] || timed prepare-xquad-r hbt-prepare lareqa \
     "$shared/data/xquad-r" --articles "$xquad_articles" -o "$data/xquad-r"
   [ -s "$data/mlqa-r/qrels.trec" ] || timed prepare-mlqa-r hbt-prepare lareqa \
