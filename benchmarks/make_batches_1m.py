@@ -15,13 +15,12 @@ workers) and of the whole process tree (``/proc``, sampled every 10 ms). Two run
   (reading and writing dominate).
 
 Usage:  python benchmarks/make_batches_1m.py [--pairs 1000000] [--langs 8] [--repeats 3]
-            [--workdir DIR] [--json results.json]
+            [--workdir DIR] [--json PATH]
 Prints a markdown table: median and min-max of the repeats.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -33,7 +32,8 @@ import time
 
 import orjson
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, print_targets, summary, target, write_results
+
 LANGUAGES = ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"]
 BATCH_SIZE = 100
 
@@ -115,7 +115,8 @@ def main():
     parser.add_argument("--langs", type=int, default=8, help="languages per group")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", help="keep pairs.jsonl here (reused when it exists)")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json",
+                        help="results file (default benchmarks/results/make_batches.json)")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,9 +157,25 @@ def main():
         print(f"| {name} | {spread(r['wall_s'])} | {spread(rates, '{:,.0f}')} {r['unit']} | "
               f"{spread(r['cpu_s'])} | {spread([b / 2**20 for b in r['peak_rss_bytes']], '{:.0f}')} | "
               f"{spread([b / 2**20 for b in r['tree_peak_rss_bytes']], '{:.0f}')} | {target} |")
-    if options.json:
-        with open(options.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    epoch = results["--epochs 1"]
+    setup = (f"{options.pairs:,} synthetic pairs ({n_groups:,} groups x {options.langs} "
+             f"languages, ~0.55 KB a line), hybrid alpha 0.5, batch {BATCH_SIZE}; whole "
+             f"process (bin/hbt-make-batches and its index workers)")
+    rows = [{"what": f"hbt-make-batches {name}", **summary(r["wall_s"]), "unit": "s",
+             "rate": statistics.median(r["count"] / w for w in r["wall_s"]),
+             "peak_rss_mb_process_tree": statistics.median(r["tree_peak_rss_bytes"]) / 2**20}
+            for name, r in results.items()]
+    targets = [
+        target("hbt-make-batches --epochs 1, input pairs/s", "—", 200_000,
+               summary([epoch["count"] / w for w in epoch["wall_s"]]), "≥ 200k pairs/s", True),
+        target("hbt-make-batches --epochs 1, peak RSS (process tree)", "—", 2048,
+               summary([b / 2**20 for b in epoch["tree_peak_rss_bytes"]]), "< 2 GB", False,
+               " MB"),
+    ]
+    print_targets(targets)
+    write_results("make_batches", {"title": "hbt-make-batches, 1M pairs", "setup": setup,
+                                   "repeats": options.repeats, "rows": rows, "targets": targets,
+                                   "runs": results}, options.json)
 
 
 if __name__ == "__main__":

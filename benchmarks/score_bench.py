@@ -1,10 +1,13 @@
 """Benchmark: hbt-score on a 1M-line run with MIRACL-style qrels vs pytrec_eval and ranx.
 
-All three score the same files in the same process run (median of --repeats, min–max), each
-including reading the run and qrels files, and the script checks that the numbers agree to 1e-9.
-hbt-score is also timed as a whole command (``bin/hbt-score``: start-up, reading, JSON output).
+All three score the same files in the same process run (median of --repeats, min–max, repeats
+interleaved), each including reading the run and qrels files, and the script checks that the
+numbers agree to 1e-9. hbt-score is also timed as a whole command (``bin/hbt-score``: start-up,
+reading, JSON output). Also timed: ``hbt-score --protocol lareqa`` on the whole XQuAD-R
+(target < 20 s).
 
     .venv/bin/python benchmarks/score_bench.py [--queries 10000] [--depth 100] [--repeats 3]
+        [--xquad-r DIR] [--json PATH]
 
 ranx is optional (``pip install ranx``); it is skipped when missing. Scores are random floats
 without ties, since ranx does not break ties as trec_eval does.
@@ -22,8 +25,10 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, print_targets, ratio, summary, target, timed_process, write_results
+
 sys.path.insert(0, ROOT)
+XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
 
 from hbt_tools.evaluation.trec_eval import evaluate_run  # noqa: E402
 from hbt_tools.metrics import parse_metrics  # noqa: E402
@@ -94,13 +99,23 @@ def ranx_scores(run_path, qrels_path):
     return {name: float(result[m[2]]) for name, m in METRICS.items()}
 
 
-def timed(function, *args, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function(*args)
-        times.append(time.perf_counter() - start)
-    return result, times
+def lareqa_inputs(xquad_r: str, directory: str) -> list[str]:
+    """XQuAD-R pools (all 11 languages) with random unit embeddings: the protocol's cost does
+    not depend on the values. Returns the hbt-score arguments."""
+    from hbt_tools.io import iter_jsonl, save_embeddings
+
+    pools = os.path.join(directory, "xquad-r")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bin", "hbt-prepare"), "lareqa",
+                    xquad_r, "-o", pools], check=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    rng = np.random.default_rng(0)
+    arguments = ["--protocol", "lareqa", "--qrels", os.path.join(pools, "qrels.trec")]
+    for kind, option in (("queries", "--queries"), ("corpus", "--corpus")):
+        rows = [row for _, row in iter_jsonl(os.path.join(pools, f"{kind}.jsonl"))]
+        vectors = rng.standard_normal((len(rows), 384), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        save_embeddings(os.path.join(directory, f"{kind}.npy"), vectors, rows)
+        arguments += [option, os.path.join(directory, f"{kind}.npy")]
+    return arguments
 
 
 def main():
@@ -108,6 +123,9 @@ def main():
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--xquad-r", default=XQUAD_R,
+                        help="XQuAD-R folder for the LAReQA protocol timing ('' = skip)")
+    parser.add_argument("--json", help="results file (default benchmarks/results/score.json)")
     args = parser.parse_args()
     tools = [("hbt-score (command)", hbt_command), ("hbt-score (in process)", hbt_in_process),
              ("pytrec_eval", pytrec_eval_scores)]
@@ -117,28 +135,60 @@ def main():
         tools.append(("ranx", ranx_scores))
     except ImportError:
         print("ranx not installed: skipped", file=sys.stderr)
+    times = {name: [] for name, _ in tools}
+    values = {}
+    lareqa_times = []
     with tempfile.TemporaryDirectory() as directory:
         run_path, qrels_path = make_data(directory, args.queries, args.depth)
+        lareqa = lareqa_inputs(args.xquad_r, directory) if args.xquad_r else None
         lines = args.queries * args.depth
-        results = {name: timed(fn, run_path, qrels_path, repeats=args.repeats)
-                   for name, fn in tools}
-    reference = results["pytrec_eval"][0]
-    print(f"{lines:,} run lines, {args.queries:,} queries; median of {args.repeats} "
-          f"(min-max), seconds, reading files included\n")
+        for _ in range(args.repeats):          # interleaved: every tool sees the same load
+            for name, function in tools:
+                start = time.perf_counter()
+                values[name] = function(run_path, qrels_path)
+                times[name].append(time.perf_counter() - start)
+            if lareqa:
+                lareqa_times.append(timed_process([sys.executable,
+                                                   os.path.join(ROOT, "bin", "hbt-score"),
+                                                   *lareqa, "-o", os.path.join(directory,
+                                                                               "lareqa.json")]))
+    reference = values["pytrec_eval"]
+    setup = (f"{lines:,} run lines, {args.queries:,} queries x {args.depth}, ~10 judged "
+             f"passages a query (MIRACL-style qrels); metrics {', '.join(METRICS)}; every tool "
+             f"reads the run and qrels files; command = bin/hbt-score as a child process "
+             f"(start-up and JSON output included)")
+    print(f"{setup}; median of {args.repeats} (min-max), seconds\n")
     print("| tool | time | vs hbt-score (command) | " + " | ".join(METRICS) + " |")
     print("|---" * (3 + len(METRICS)) + "|")
-    ours = statistics.median(results["hbt-score (command)"][1])
-    for name, (values, times) in results.items():
-        median = statistics.median(times)
-        print(f"| {name} | {median:.2f} ({min(times):.2f}-{max(times):.2f}) | "
-              f"{median / ours:.2f}x | " + " | ".join(f"{values[m]:.6f}" for m in METRICS) + " |")
-    for name, (values, _) in results.items():
+    ours = statistics.median(times["hbt-score (command)"])
+    for name in times:
+        median = statistics.median(times[name])
+        print(f"| {name} | {median:.2f} ({min(times[name]):.2f}-{max(times[name]):.2f}) | "
+              f"{median / ours:.2f}x | " + " | ".join(f"{values[name][m]:.6f}" for m in METRICS)
+              + " |")
+    for name in values:
         for metric in METRICS:
-            if abs(values[metric] - reference[metric]) > 1e-9:
-                print(f"MISMATCH: {name} {metric} = {values[metric]!r}, pytrec_eval "
+            if abs(values[name][metric] - reference[metric]) > 1e-9:
+                print(f"MISMATCH: {name} {metric} = {values[name][metric]!r}, pytrec_eval "
                       f"{reference[metric]!r}", file=sys.stderr)
                 sys.exit(1)
     print("\nall tools agree with pytrec_eval to 1e-9")
+    targets = [target(f"hbt-score {'command' if 'command' in ours_name else 'in process'}, "
+                      f"speed-up", f"{peer} (in process, reading files)", 1,
+                      ratio(times[peer], times[ours_name]), "> 1× (faster), same numbers", True,
+                      "×")
+               for ours_name in ("hbt-score (command)", "hbt-score (in process)")
+               for peer in ("pytrec_eval", "ranx") if peer in times]
+    rows = [{"what": name, **summary(t), "unit": "s"} for name, t in times.items()]
+    if lareqa_times:
+        targets.append(target("hbt-score --protocol lareqa, XQuAD-R (11 languages, whole "
+                              "command)", "—", 20, summary(lareqa_times), "< 20 s", False, " s"))
+        rows.append({"what": "hbt-score --protocol lareqa, XQuAD-R 13,090 queries x 13,014 "
+                             "candidates (command)", **summary(lareqa_times), "unit": "s"})
+    print_targets(targets)
+    write_results("score", {"title": "hbt-score vs pytrec_eval and ranx", "setup": setup,
+                            "repeats": args.repeats, "rows": rows, "targets": targets,
+                            "values": values}, args.json)
 
 
 if __name__ == "__main__":

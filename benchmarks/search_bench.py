@@ -14,13 +14,12 @@ Two comparisons, repeats interleaved so that both sides see the same machine loa
   Python subprocess that loads the same ``.npy`` files, builds an ``IndexFlatIP`` and searches.
 
 Usage:  python benchmarks/search_bench.py [--queries 10000 --passages 100000 --dim 384 -k 100]
-            [--repeats 3] [--workdir DIR] [--json results.json]
+            [--repeats 3] [--workdir DIR] [--json PATH]
 Prints a markdown table (median and min-max of the repeats) and the ratios.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,7 +30,8 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, print_targets, ratio, summary, target, write_results
+
 sys.path.insert(0, ROOT)
 
 from hbt_tools.indexing import index_embeddings, load_index  # noqa: E402
@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="Where inputs and runs go (default: temp).")
-    parser.add_argument("--json", default=None, help="Also write the results as JSON here.")
+    parser.add_argument("--json", default=None,
+                        help="Results file (default benchmarks/results/search.json).")
     args = parser.parse_args()
 
     import faiss
@@ -138,13 +139,26 @@ def main() -> None:
           f"| hbt-search whole process vs faiss search alone | {summary(times['faiss'])} | "
           f"{summary(times['hbt_process'])} | {vs_search:.3f} |\n\n"
           f"target: in-process ratio <= 1.1 -> {'met' if in_process <= 1.1 else 'MISSED'}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"queries": args.queries, "passages": args.passages, "dim": args.dim,
-                       "k": args.k, "times": times, "ratio_in_process": in_process,
-                       "ratio_whole_process": whole,
-                       "ratio_process_vs_faiss_search": vs_search}, fh, indent=2)
-
+    setup = (f"{args.queries:,} queries x {args.passages:,} passages, dim {args.dim}, k {args.k}, "
+             f"random unit vectors; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} "
+             f"threads; in process: faiss search alone vs hbt-tools' search + trec_eval order "
+             f"+ run written")
+    rows = [{"what": what, **summary(times[name]), "unit": "s"} for name, what in (
+        ("faiss", "faiss IndexFlatIP.search (in process)"),
+        ("hbt", "hbt-search loop: search + tie order + run written (in process)"),
+        ("faiss_process", "faiss: load .npy + add + search (whole process)"),
+        ("hbt_process", "hbt-search command (whole process)"))]
+    targets = [
+        target("hbt-search flat, time vs faiss (in process)", "faiss IndexFlatIP.search", 1.1,
+               ratio(times["hbt"], times["faiss"]), "≤ 1.1×", False, "×"),
+        target("hbt-search flat, time vs faiss (whole process)",
+               "faiss load + search process", 1.1,
+               ratio(times["hbt_process"], times["faiss_process"]), "≤ 1.1×", False, "×"),
+    ]
+    print_targets(targets)
+    write_results("search", {"title": "hbt-search (flat) vs faiss", "setup": setup,
+                             "repeats": args.repeats, "rows": rows, "targets": targets,
+                             "times": times}, args.json)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,103 @@
+"""Shared pieces of the benchmark scripts: machine description, timing summaries, result files.
+
+Every script writes ``benchmarks/results/NAME.json`` (or ``--json PATH``) with the same shape,
+which ``make_docs.py`` turns into ``docs/benchmarks.md``::
+
+    {"benchmark": NAME, "title": ..., "date": ..., "machine": {...}, "setup": "...",
+     "repeats": 3, "rows": [{"what", "median", "min", "max", "unit", ...}],
+     "targets": [{"what", "peer", "target", "measured", "value", "goal", "higher_is_better",
+                  "pass"}],
+     "notes": [...], ...script-specific raw data...}
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def machine() -> dict:
+    """CPU model, core count, memory and load, from lscpu / nproc / free (Linux)."""
+    info = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+        info["cpu"] = fields.get("Model name", info["cpu"]).strip()
+        flags = fields.get("Flags", "").split()
+        info["bf16_instructions"] = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+        info["cpus"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+        free = subprocess.run(["free", "-b"], capture_output=True, text=True).stdout.split("\n")
+        info["memory_gb"] = round(int(free[1].split()[1]) / 1e9, 1)
+    except (OSError, ValueError, IndexError):   # not Linux: keep what platform gave
+        pass
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": values}
+
+
+def timed_process(command: list[str], env: dict | None = None) -> float:
+    """Wall seconds of a child process (stdout and stderr discarded); exits on failure."""
+    start = time.perf_counter()
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})))
+    if result.returncode:
+        sys.exit(f"{' '.join(command[:4])} ... failed (exit {result.returncode}):\n"
+                 f"{result.stderr.decode(errors='replace')[-2000:]}")
+    return time.perf_counter() - start
+
+
+def ratio(numerators: list[float], denominators: list[float]) -> dict:
+    """Ratio of medians, and min-max of the per-repeat ratios (repeats were interleaved, so
+    repeat i of both sides saw the same machine load)."""
+    per_repeat = [a / b for a, b in zip(numerators, denominators)]
+    return {"median": statistics.median(numerators) / statistics.median(denominators),
+            "min": min(per_repeat), "max": max(per_repeat), "values": per_repeat}
+
+
+def target(what: str, peer: str, goal: float, value: dict | float, text: str,
+           higher_is_better: bool, unit: str = "") -> dict:
+    """One issue-5 target: ``value`` (a ratio dict or a number) against ``goal``."""
+    median = value["median"] if isinstance(value, dict) else value
+    spread = (f" ({value['min']:.3g}–{value['max']:.3g})" if isinstance(value, dict) else "")
+    return {"what": what, "peer": peer, "target": text, "goal": goal,
+            "higher_is_better": higher_is_better, "value": median,
+            "measured": f"{median:.3g}{unit}{spread}",
+            "pass": bool(median >= goal if higher_is_better else median <= goal)}
+
+
+def write_results(name: str, payload: dict, path: str | None = None) -> str:
+    """Write ``payload`` (plus benchmark name, date, machine) as JSON; return the path."""
+    path = path or os.path.join(RESULTS, f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "machine": machine(), **payload}
+    with open(path + ".part", "w") as fh:
+        json.dump(payload, fh, indent=1)
+    os.replace(path + ".part", path)
+    print(f"results: {path}", file=sys.stderr)
+    return path
+
+
+def print_targets(targets: list[dict]) -> None:
+    print("\n| target | peer | goal | measured | |\n|---|---|---|---|---|")
+    for t in targets:
+        print(f"| {t['what']} | {t['peer']} | {t['target']} | {t['measured']} | "
+              f"{'PASS' if t['pass'] else 'MISS'} |")
