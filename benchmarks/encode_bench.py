@@ -60,7 +60,9 @@ def prepare_inputs(xquad_r: str, workdir: str, n_passages: int, articles: str,
                    langs: str) -> dict:
     """XQuAD-R pools via ``hbt-prepare lareqa``; a seeded sample of candidates (all
     languages) for speed; a subset of articles and languages for the mAP check."""
-    full, subset = os.path.join(workdir, "xquad-r"), os.path.join(workdir, "xquad-r-subset")
+    full = os.path.join(workdir, "xquad-r")
+    subset = os.path.join(workdir, "xquad-r-" + "-".join((articles.replace(":", "-"),
+                                                          langs.replace(",", "-"))))
     for folder, extra in ((full, []), (subset, ["--articles", articles, "--langs", langs])):
         if not os.path.exists(os.path.join(folder, "qrels.trec")):
             timed_process([sys.executable, os.path.join(ROOT, "bin", "hbt-prepare"), "lareqa",
@@ -221,7 +223,8 @@ def main() -> None:
     if "map_default" in quality:
         worst = max(abs(quality["map_default"][s] - quality["map_fp32"][s])
                     for s in ("mono", "cross", "multi"))
-        targets.append(target("XQuAD-R protocol mAP, |default − fp32|, worst of mono/cross/multi",
+        targets.append(target("XQuAD-R protocol mAP, default − fp32 (absolute, worst of "
+                              "mono/cross/multi)",
                               "hbt-encode --dtype fp32", 0.002, worst, "≤ 0.002", False))
     setup = (f"{flops['texts']} XQuAD-R candidates (sentence + paragraph, all 11 languages, "
              f"seeded sample), {tokens:,} tokens after truncation to {MAX_LENGTH} "
