@@ -20,7 +20,7 @@
 # Environment: RESULTS (default results/paper), STEPS (default 60), BATCH (default 32; the
 # paper's is 100, too slow on 2 CPU cores), SEEDS (default "0 1 2"), ALPHAS (default
 # "0 0.25 0.5 0.75 1"), MIRACL_LANGS (default: all 18), PHASES (default "1 2 3 4 5 6 7"),
-# MODEL (default multilingual-e5-small), SHARED (default ../shared, holding data/),
+# MODEL (default multilingual-e5-small), TEMPERATURE (InfoNCE tau, default 0.01 = mE5's own), SHARED (default ../shared, holding data/),
 # LAREQA_FIELDS (candidate text for hbt-encode --fields: default lareqa = sentence + paragraph),
 # TRAIN_POSITIVE (hbt-prepare pairs --positive: default sentence+context, the candidates' text).
 # SMOKE=1 shrinks everything (3 steps of 4, 2 articles, 2 seeds, 3 alphas, sentence-only
@@ -50,6 +50,9 @@ else
   train_positive="${TRAIN_POSITIVE:-sentence+context}"
 fi
 model="${MODEL:-multilingual-e5-small}"
+# mE5 was trained with temperature 0.01; at hbt-train's default 0.05, 40 hybrid steps cost
+# mono mAP (XQuAD-R 36:48: -0.021 vs untrained) where 0.01 gains (+0.023); see docs/results.md.
+temperature="${TEMPERATURE:-0.01}"
 phases="${PHASES:-1 2 3 4 5 6 7}"
 first_seed="${seeds%% *}"
 warmup=$(( steps / 10 ))
@@ -73,7 +76,7 @@ cat > "$results/config.json" <<EOF
 {"model": "$model", "steps": $steps, "batch": $batch, "warmup_steps": $warmup,
  "seeds": "$seeds", "alphas": "$alphas", "train_articles": "$train_articles",
  "train_langs": "$train_langs", "xquad_articles": "$xquad_articles",
- "mlqa_articles": "$mlqa_articles", "candidate_fields": "$lareqa_fields", "train_positive": "$train_positive",
+ "mlqa_articles": "$mlqa_articles", "candidate_fields": "$lareqa_fields", "train_positive": "$train_positive", "temperature": "$temperature",
  "miracl_langs": "$miracl_langs", "smoke": $smoke,
  "commit": "$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
 EOF
@@ -122,7 +125,8 @@ train() {  # train NAME STRATEGY ALPHA SEED: batches file, then hbt-train (resum
   compgen -G "$dir/checkpoint-*" > /dev/null && resume=(--resume)
   log "train $1 ($2, alpha $3, seed $4): $steps steps of $batch"
   timed "train-$1" hbt-train --model "$model" --output "$dir" --seed "$4" \
-    --warmup-steps "$warmup" --save-steps 20 --quiet "${resume[@]}" "$dir/batches.jsonl"
+    --temperature "$temperature" --warmup-steps "$warmup" --save-steps 20 --quiet \
+    "${resume[@]}" "$dir/batches.jsonl"
 }
 
 model_path() {  # the model a system name stands for
