@@ -51,7 +51,7 @@ else
 fi
 model="${MODEL:-multilingual-e5-small}"
 # mE5 was trained with temperature 0.01; at hbt-train's default 0.05, 40 hybrid steps cost
-# mono mAP (XQuAD-R 36:48: -0.021 vs untrained) where 0.01 gains (+0.023); see docs/results.md.
+# mono mAP (XQuAD-R 36:48: -0.021 vs untrained) where 0.01 gains (+0.023), measured 2026-11-25.
 temperature="${TEMPERATURE:-0.01}"
 phases="${PHASES:-1 2 3 4 5 6 7}"
 first_seed="${seeds%% *}"
