@@ -135,3 +135,15 @@ def test_lareqa_protocol_cli(tmp_path):
                      "--queries", q, "--corpus", c, "--queries", q2, "--corpus", c2)
     assert out["mono"]["map"]["difference"] == 0 and out["mono"]["map"]["p_value"] == 1.0
     assert out["matrix"]["en"]["de"]["a"] == 1.0
+
+
+def test_lareqa_heatmap_picture(tmp_path):
+    q, c = toy_embeddings(tmp_path)
+    picture = tmp_path / "matrix.png"
+    r = run_cli("hbt-score", "--protocol", "lareqa", "--qrels", str(tmp_path / "lq.trec"),
+                "--queries", q, "--corpus", c, "--heatmap", picture, "-o", tmp_path / "s.json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run_cli("hbt-score", "--qrels", str(tmp_path / "lq.trec"), "--heatmap", picture,
+                str(tmp_path / "lq.trec"))
+    assert r.returncode == 2 and b"--heatmap" in r.stderr

@@ -68,15 +68,21 @@ hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \\
 @click.option("--permutations", default=10_000, show_default=True, type=click.IntRange(1),
               help="Random sign flips for --compare.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for --compare.")
+@click.option("--heatmap", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="lareqa: also draw the query x candidate language mAP matrix as a PNG "
+                   "(needs matplotlib: hbt-tools[plot]).")
 @output_option
 def main(runs, qrels, metrics, fmt, per_query, by_lang, protocol, query_files, corpus_files,
-         compare, permutations, seed, output):
+         compare, permutations, seed, heatmap, output):
     """Score TREC runs exactly as trec_eval / pytrec_eval does, or run the exact LAReQA
     protocol (mono, cross, multi, rank distance, language-pair matrix) on full pools.
 
     Queries are averaged as trec_eval does: over the queries present in both the run and the
     qrels. With several RUNs the JSON holds {"runs": {RUN: {...}}}.
     """
+    if heatmap and (protocol != "lareqa" or compare):
+        fail("--heatmap draws one system's language-pair matrix: use it with --protocol lareqa, "
+             "without --compare")
     if protocol == "lareqa":
         report, table = _lareqa(runs, qrels, metrics, by_lang, per_query, query_files,
                                 corpus_files, compare, permutations, seed)
@@ -87,6 +93,10 @@ def main(runs, qrels, metrics, fmt, per_query, by_lang, protocol, query_files, c
         report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
     with atomic_output(output) as fh:
         fh.write(text)
+    if heatmap:
+        from ..evaluation.plots import language_heatmap
+
+        language_heatmap(report["matrix"], heatmap)
 
 
 def _trec(runs, qrels_path, metric_names, by_lang, per_query, query_files, corpus_files,
