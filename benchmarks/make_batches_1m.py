@@ -153,10 +153,10 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         rates = [r["count"] / wall for wall in r["wall_s"]]
-        target = "≥ 200k pairs/s, < 2 GB" if name == "--epochs 1" else "—"
+        goal = "≥ 200k pairs/s, < 2 GB" if name == "--epochs 1" else "—"
         print(f"| {name} | {spread(r['wall_s'])} | {spread(rates, '{:,.0f}')} {r['unit']} | "
               f"{spread(r['cpu_s'])} | {spread([b / 2**20 for b in r['peak_rss_bytes']], '{:.0f}')} | "
-              f"{spread([b / 2**20 for b in r['tree_peak_rss_bytes']], '{:.0f}')} | {target} |")
+              f"{spread([b / 2**20 for b in r['tree_peak_rss_bytes']], '{:.0f}')} | {goal} |")
     epoch = results["--epochs 1"]
     setup = (f"{options.pairs:,} synthetic pairs ({n_groups:,} groups x {options.langs} "
              f"languages, ~0.55 KB a line), hybrid alpha 0.5, batch {BATCH_SIZE}; whole "
