@@ -71,7 +71,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def summary(times: list[float]) -> str:
+def spread_text(times: list[float]) -> str:
     return f"{statistics.median(times):.2f} s ({min(times):.2f}–{max(times):.2f})"
 
 
@@ -132,12 +132,12 @@ def main() -> None:
           f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
           f"median of {args.repeats} (min–max); run: {run_lines} lines\n\n"
           f"| what | faiss | hbt-search | ratio |\n|---|---|---|---|\n"
-          f"| search (+ run written, hbt) in process | {summary(times['faiss'])} | "
-          f"{summary(times['hbt'])} | {in_process:.3f} |\n"
-          f"| whole process (load + search [+ write]) | {summary(times['faiss_process'])} | "
-          f"{summary(times['hbt_process'])} | {whole:.3f} |\n"
-          f"| hbt-search whole process vs faiss search alone | {summary(times['faiss'])} | "
-          f"{summary(times['hbt_process'])} | {vs_search:.3f} |\n\n"
+          f"| search (+ run written, hbt) in process | {spread_text(times['faiss'])} | "
+          f"{spread_text(times['hbt'])} | {in_process:.3f} |\n"
+          f"| whole process (load + search [+ write]) | {spread_text(times['faiss_process'])} | "
+          f"{spread_text(times['hbt_process'])} | {whole:.3f} |\n"
+          f"| hbt-search whole process vs faiss search alone | {spread_text(times['faiss'])} | "
+          f"{spread_text(times['hbt_process'])} | {vs_search:.3f} |\n\n"
           f"target: in-process ratio <= 1.1 -> {'met' if in_process <= 1.1 else 'MISSED'}")
     setup = (f"{args.queries:,} queries x {args.passages:,} passages, dim {args.dim}, k {args.k}, "
              f"random unit vectors; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} "
