@@ -181,11 +181,6 @@ def write_jsonl(fh: IO[bytes], rows: Iterable[Any]) -> int:
     return n
 
 
-def save_jsonl(path, rows: Iterable[Any]) -> int:
-    with atomic_output(path) as fh:
-        return write_jsonl(fh, rows)
-
-
 # ---------------------------------------------------------------- embeddings
 
 def sidecar_path(npy_path: str | os.PathLike) -> str:

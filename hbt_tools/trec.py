@@ -1,4 +1,4 @@
-"""TREC qrels and run files: readers with file:line errors, and a run writer.
+"""TREC qrels and run files: readers with file:line errors (runs are written by hbt_tools.search).
 
 qrels: ``qid ITER docid rel`` (whitespace or tabs; MIRACL's ``Q0`` accepted). Only rel >= 1 is
 relevant, but rel-0 rows are kept (they matter for nothing but trec_eval's judged counts).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import IO, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -291,15 +291,3 @@ def read_run(path: str | os.PathLike) -> Run:
         run[columns.query_ids[q]][docid.decode()] = score
     return run
 
-
-def format_run_lines(qid: str, docids: Sequence[str], scores: Sequence[float],
-                     tag: str = "hbt") -> str:
-    """TREC run lines for one query; ``docids`` must already be in rank order."""
-    return "".join(f"{qid} Q0 {d} {r} {s:.6f} {tag}\n"
-                   for r, (d, s) in enumerate(zip(docids, scores), 1))
-
-
-def write_run(fh: IO[bytes], run: Iterable[tuple[str, Sequence[str], Sequence[float]]],
-              tag: str = "hbt") -> None:
-    for qid, docids, scores in run:
-        fh.write(format_run_lines(qid, docids, scores, tag).encode("utf-8"))
