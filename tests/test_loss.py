@@ -108,7 +108,8 @@ def test_gradient_cache_equals_plain_loss_without_dropout(tiny_xlmr, dtype, tole
 
     biencoder, batch, loss_fn = _setup(tiny_xlmr)
     biencoder.to(dtype).eval()
-    plain_loss = plain_step(biencoder, batch.queries, batch.passages, loss_fn)
+    plain_loss = plain_step(biencoder, split_chunks(batch.queries, None),
+                            split_chunks(batch.passages, None), loss_fn)
     plain = _grads(biencoder)
     biencoder.zero_grad(set_to_none=True)
     cached_loss = cached_step(biencoder, split_chunks(batch.queries, 3),
@@ -126,7 +127,7 @@ def test_gradient_cache_equals_plain_loss_without_dropout(tiny_xlmr, dtype, tole
 def test_gradient_cache_replays_dropout(tiny_xlmr):
     """Dropout on: the reference encodes the same chunks in one graph from the same RNG state;
     GradCache must reproduce its masks (RNG replay) and therefore its gradients."""
-    from hbt_tools.training.gradcache import cached_step, split_chunks
+    from hbt_tools.training.gradcache import cached_step, plain_step, split_chunks
 
     biencoder, batch, loss_fn = _setup(tiny_xlmr)
     biencoder.train()
@@ -135,11 +136,8 @@ def test_gradient_cache_replays_dropout(tiny_xlmr):
     def reference(seed):
         torch.manual_seed(seed)
         biencoder.zero_grad(set_to_none=True)
-        q = torch.cat([biencoder(**c) for c in q_chunks])
-        p = torch.cat([biencoder(**c) for c in p_chunks])
-        loss = loss_fn(q, p)
-        loss.backward()
-        return float(loss.detach()), _grads(biencoder), torch.get_rng_state()
+        loss = plain_step(biencoder, q_chunks, p_chunks, loss_fn)
+        return float(loss), _grads(biencoder), torch.get_rng_state()
 
     ref_loss, ref_grads, ref_rng_after = reference(7)
     other_seed = reference(8)[1]
@@ -153,6 +151,23 @@ def test_gradient_cache_replays_dropout(tiny_xlmr):
     assert float(loss) == pytest.approx(ref_loss, abs=1e-6)
     assert diff < 1e-5
     assert torch.equal(torch.get_rng_state(), ref_rng_after)  # the RNG stream moves on alike
+
+
+def test_length_sorted_chunks_keep_each_rows_embedding(tiny_xlmr):
+    """Chunks are cut from length-sorted rows; every embedding must come back to its own row,
+    equal (dropout off) to encoding the whole batch padded to its longest row."""
+    from hbt_tools.training.gradcache import encode_chunks, split_chunks
+
+    biencoder, batch, _ = _setup(tiny_xlmr)
+    biencoder.double().eval()
+    lengths = batch.passages["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) > 2  # rows really get reordered
+    whole = biencoder(**batch.passages)
+    chunks = split_chunks(batch.passages, 2)
+    assert [int(p["attention_mask"].sum(1).max()) for p in chunks.parts] == \
+        [p["input_ids"].shape[1] for p in chunks.parts]  # each chunk trimmed to its longest
+    with torch.no_grad():
+        assert torch.allclose(encode_chunks(biencoder, chunks), whole, atol=1e-12)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

@@ -76,8 +76,7 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
     path = resolve_model_path(name_or_path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code)
         model_class = _model_class(config)
         with _quiet_transformers():
             model, loading_info = model_class.from_pretrained(
@@ -91,6 +90,26 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
     settings = base.updated(**overrides)
     _check_missing_weights(loading_info.get("missing_keys", ()), settings, name_or_path)
     return BiEncoder(model, settings), tokenizer
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The folder's ``tokenizer.json`` pipeline exactly as written, else the model's own class.
+
+    transformers 5 rebuilds class-specific tokenizers (``XLMRobertaTokenizer``, ...) from the
+    vocabulary in tokenizer.json and drops its normalizer unless a SentencePiece charsmap is
+    passed: NFKC is lost and full-width punctuation ("，", "？") becomes <unk>. The generic fast
+    tokenizer keeps the whole pipeline, and loads 3-4x faster.
+    """
+    import transformers
+
+    try:
+        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(
+            path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError):  # no tokenizer.json: a SentencePiece-only folder
+        tokenizer = None
+    if tokenizer is not None and tokenizer.pad_token is not None:
+        return tokenizer
+    return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _check_missing_weights(missing, settings: RetrievalSettings, name: str) -> None:

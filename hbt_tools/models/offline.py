@@ -48,7 +48,7 @@ from ..io import InputError
 BUILTIN_NAME = "multilingual-e5-small"
 HUB_NAME = "intfloat/multilingual-e5-small"
 IMAGE_RESOURCE = "e5-small-q4.bin"
-LOADER_VERSION = 1  # bump when the unpacked folder's content changes
+LOADER_VERSION = 3  # bump when the unpacked folder's content changes
 
 
 # ---------------------------------------------------------------- name resolution
@@ -301,11 +301,16 @@ def bert_config(dims: Dimensions, pad_id: int) -> dict:
 
 def xlmr_tokenizer(vocab: Vocabulary):
     """XLM-R's SentencePiece unigram tokenizer with <s> ... </s> framing."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tok = Tokenizer(models.Unigram(list(zip(vocab.pieces, vocab.scores)), unk_id=vocab.unk_id,
                                    byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+    # SentencePiece's nmt_nfkc with remove_extra_whitespaces: NFKC stands in for the image's
+    # charsmap, which also drops byte-order marks; the pattern must be a Regex (a plain string
+    # is matched literally).
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("\ufeff", ""),
+                                           normalizers.Strip(),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     bos, eos = vocab.pieces[vocab.bos_id], vocab.pieces[vocab.eos_id]

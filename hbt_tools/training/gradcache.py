@@ -15,6 +15,7 @@ loss (up to float rounding). The RNG ends where step 1 left it, so a run stays d
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -31,11 +32,34 @@ def trim_padding(tokens: Tokens) -> Tokens:
     return {k: v[:, keep] for k, v in tokens.items()}
 
 
-def split_chunks(tokens: Tokens, chunk_size: int | None) -> list[Tokens]:
-    """Row chunks of at most ``chunk_size`` (all rows when None), each trimmed to its longest."""
-    n = tokens["input_ids"].shape[0]
-    size = chunk_size or n
-    return [trim_padding({k: v[i: i + size] for k, v in tokens.items()}) for i in range(0, n, size)]
+@dataclasses.dataclass
+class Chunks:
+    """A batch's rows grouped by length, each group trimmed to its longest row."""
+
+    parts: list[Tokens]
+    inverse: torch.Tensor  # cat(encoded parts)[inverse] is back in the batch's row order
+
+    def sizes(self) -> list[int]:
+        return [len(part["input_ids"]) for part in self.parts]
+
+
+def split_chunks(tokens: Tokens, chunk_size: int | None) -> Chunks:
+    """Chunks of at most ``chunk_size`` rows (all rows when None), longest rows first.
+
+    Sorting before cutting makes each chunk's padding small: a batch of 32 XQuAD-R passages
+    padded to its longest holds 1.9x its real tokens; 4 sorted chunks of 8 hold 1.18x.
+    """
+    lengths = tokens["attention_mask"].sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    size = chunk_size or len(order)
+    parts = [trim_padding({k: v[order[i: i + size]] for k, v in tokens.items()})
+             for i in range(0, len(order), size)]
+    return Chunks(parts, torch.argsort(order))
+
+
+def encode_chunks(encoder: torch.nn.Module, chunks: Chunks) -> torch.Tensor:
+    """Embeddings of every row, in the batch's order (with a graph if grad is enabled)."""
+    return torch.cat([encoder(**part) for part in chunks.parts])[chunks.inverse]
 
 
 class DeviceRng:
@@ -55,23 +79,21 @@ class DeviceRng:
             torch.set_rng_state(state)
 
 
-def plain_step(encoder: torch.nn.Module, query_tokens: Tokens, passage_tokens: Tokens,
+def plain_step(encoder: torch.nn.Module, query_chunks: Chunks, passage_chunks: Chunks,
                loss_of_embeddings: LossOfEmbeddings) -> torch.Tensor:
-    """Encode both sides with a graph, backpropagate the loss; returns the detached loss."""
-    queries = encoder(**trim_padding(query_tokens))
-    passages = encoder(**trim_padding(passage_tokens))
-    loss = loss_of_embeddings(queries, passages)
+    """Encode both sides with one graph, backpropagate the loss; returns the detached loss."""
+    loss = loss_of_embeddings(encode_chunks(encoder, query_chunks),
+                              encode_chunks(encoder, passage_chunks))
     loss.backward()
     return loss.detach()
 
 
-def cached_step(encoder: torch.nn.Module, query_chunks: list[Tokens],
-                passage_chunks: list[Tokens], loss_of_embeddings: LossOfEmbeddings,
-                device: torch.device) -> torch.Tensor:
-    """GradCache: the same parameter gradients as :func:`plain_step` over the concatenated
-    chunks, with the activation memory of one chunk. Returns the detached loss."""
+def cached_step(encoder: torch.nn.Module, query_chunks: Chunks, passage_chunks: Chunks,
+                loss_of_embeddings: LossOfEmbeddings, device: torch.device) -> torch.Tensor:
+    """GradCache: the same parameter gradients as :func:`plain_step` on the same chunks, with
+    the activation memory of one chunk. Returns the detached loss."""
     rng = DeviceRng(device)
-    chunks = query_chunks + passage_chunks
+    chunks = query_chunks.parts + passage_chunks.parts
     states, embeddings = [], []
     with torch.no_grad():
         for chunk in chunks:
@@ -79,13 +101,13 @@ def cached_step(encoder: torch.nn.Module, query_chunks: list[Tokens],
             embeddings.append(encoder(**chunk))
     after_first_pass = rng.capture()
 
-    n_query_chunks = len(query_chunks)
+    n_query_chunks = len(query_chunks.parts)
     queries = torch.cat(embeddings[:n_query_chunks]).requires_grad_()
     passages = torch.cat(embeddings[n_query_chunks:]).requires_grad_()
-    loss = loss_of_embeddings(queries, passages)
+    loss = loss_of_embeddings(queries[query_chunks.inverse], passages[passage_chunks.inverse])
     loss.backward()
-    cached = list(queries.grad.split([len(e) for e in embeddings[:n_query_chunks]])) + \
-        list(passages.grad.split([len(e) for e in embeddings[n_query_chunks:]]))
+    cached = list(queries.grad.split(query_chunks.sizes())) + \
+        list(passages.grad.split(passage_chunks.sizes()))
 
     for chunk, state, grad in zip(chunks, states, cached):
         rng.restore(state)

@@ -27,11 +27,14 @@ from .config import TrainConfig
 from .batches import BatchTokenizer, TokenizedBatch, prefetch, read_batches
 from .distributed import (DistContext, all_gather_objects, all_reduce_gradients, barrier,
                           gather_rows, init_distributed, shutdown)
-from .gradcache import cached_step, plain_step, split_chunks
+from .gradcache import cached_step, encode_chunks, plain_step, split_chunks
 from .loss import info_nce_loss
 from .preflight import preflight
 
 LOG_FILE = "train_log.jsonl"
+# Without --chunk-size a batch is still encoded in length-sorted groups of this many rows, all
+# in one graph: the same loss and gradients with far less padding (matmuls stay large enough).
+LENGTH_GROUP_ROWS = 8
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -80,14 +83,16 @@ class Trainer:
     def train_step(self, batch: TokenizedBatch) -> float:
         queries = {k: v.to(self.ctx.device) for k, v in batch.queries.items()}
         passages = {k: v.to(self.ctx.device) for k, v in batch.passages.items()}
+        size = self.config.chunk_size
+        query_chunks = split_chunks(queries, size or LENGTH_GROUP_ROWS)
+        passage_chunks = split_chunks(passages, size or LENGTH_GROUP_ROWS)
         with self.autocast():
-            size = self.config.chunk_size
             if size:
-                loss = cached_step(self.biencoder, split_chunks(queries, size),
-                                   split_chunks(passages, size), self.global_batch_loss,
-                                   self.ctx.device)
+                loss = cached_step(self.biencoder, query_chunks, passage_chunks,
+                                   self.global_batch_loss, self.ctx.device)
             else:
-                loss = plain_step(self.biencoder, queries, passages, self.global_batch_loss)
+                loss = plain_step(self.biencoder, query_chunks, passage_chunks,
+                                  self.global_batch_loss)
         all_reduce_gradients(self.biencoder.parameters(), self.ctx)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -99,11 +104,11 @@ class Trainer:
         total = 0.0
         for batch in self.validation_batches:
             with self.autocast():
-                chunks = [split_chunks({k: v.to(self.ctx.device) for k, v in tokens.items()},
-                                       self.config.chunk_size)
-                          for tokens in (batch.queries, batch.passages)]
-                queries = torch.cat([self.biencoder(**c) for c in chunks[0]])
-                passages = torch.cat([self.biencoder(**c) for c in chunks[1]])
+                queries, passages = (
+                    encode_chunks(self.biencoder, split_chunks(
+                        {k: v.to(self.ctx.device) for k, v in tokens.items()},
+                        self.config.chunk_size or LENGTH_GROUP_ROWS))
+                    for tokens in (batch.queries, batch.passages))
                 total += float(self.global_batch_loss(queries, passages))
         self.biencoder.train()
         return total / len(self.validation_batches)
