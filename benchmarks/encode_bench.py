@@ -44,12 +44,16 @@ PREFIX = "passage: "
 
 ST_PROCESS = """
 import sys, json, numpy as np, torch
+from transformers import PreTrainedTokenizerFast
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Transformer, Pooling, Normalize
 folder, texts_path, out, dtype = sys.argv[1:5]
 texts = [json.loads(line) for line in open(texts_path, encoding="utf-8")]
 transformer = Transformer(folder, max_seq_length=%d,
                           model_kwargs={"dtype": torch.bfloat16} if dtype == "bf16" else None)
+# The same tokens as hbt-encode: transformers 5's XLMRobertaTokenizer class drops the folder's
+# NFKC normalizer (full-width punctuation becomes <unk>); tokenizer.json as written keeps it.
+transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
 model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(),
                                                           "mean"), Normalize()], device="cpu")
 np.save(out, model.encode(texts, batch_size=32))
@@ -85,13 +89,15 @@ def prepare_inputs(xquad_r: str, workdir: str, n_passages: int, articles: str,
 def model_flops(folder: str, texts_path: str) -> dict:
     """Tokens of the texts (truncated as the encoders do) and the forward FLOPs they cost."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
+
+    from hbt_tools.models.encoder import load_tokenizer
 
     config = AutoConfig.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, add_pooling_layer=False)
     matmul_params = sum(m.weight.numel() for m in model.encoder.modules()
                         if isinstance(m, torch.nn.Linear))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     with open(texts_path, encoding="utf-8") as fh:
         texts = [json.loads(line) for line in fh]
     lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True,

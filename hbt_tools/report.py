@@ -74,7 +74,10 @@ class Results:
         return self.seeds[0]
 
     def alpha_systems(self) -> dict[float, str]:
-        return {float(a): (f"hybrid-s{self.first_seed}" if float(a) == 0.5
+        """The run behind each alpha: hybrid batches at alpha 0 / 0.5 / 1 are byte for byte
+        the X-Y / Hybrid / X-X-mono batches of the same seed, so those runs stand for them."""
+        same = {0.0: "cross", 0.5: "hybrid", 1.0: "mono"}
+        return {float(a): (f"{same[float(a)]}-s{self.first_seed}" if float(a) in same
                            else f"hybrid-a{a}-s{self.first_seed}")
                 for a in self.config["alphas"].split()}
 

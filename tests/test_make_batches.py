@@ -193,6 +193,17 @@ def test_hybrid_rate_and_uniform_languages(tmp_path):
         check_batch(batch, lines, 4)
 
 
+def test_hybrid_at_alpha_0_and_1_is_exactly_cross_and_mono(tmp_path):
+    """reproduce_paper.sh and the report reuse the X-Y / X-X-mono runs for alpha 0 / 1."""
+    write_pairs(tmp_path / "pairs.jsonl", parallel(30))
+    for alpha, strategy in ((0.0, "cross"), (1.0, "mono")):
+        hybrid, _ = draw([tmp_path / "pairs.jsonl"], 50, strategy="hybrid", alpha=alpha,
+                         batch_size=4, seed=2)
+        plain, _ = draw([tmp_path / "pairs.jsonl"], 50, strategy=strategy, batch_size=4, seed=2)
+        assert [b for b, _ in hybrid] == [b for b, _ in plain]
+        assert {b["kind"] for b, _ in plain} == {strategy}
+
+
 def test_cross_pairs_uniform_among_the_group_languages(tmp_path):
     # Groups with 3 languages -> 6 ordered pairs; groups with 2 -> 2 pairs.
     group_langs = [["ar", "de", "en"]] * 10 + [["de", "zh"]] * 10 + [["ar"]] * 5

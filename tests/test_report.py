@@ -50,7 +50,7 @@ def make_lareqa_system(root: Path, system: str, quality: float, seed: int) -> No
 def results_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     (root / "config.json").write_text(json.dumps({
-        "model": "toy", "steps": 3, "batch": 4, "seeds": "0 1", "alphas": "0 0.5 1",
+        "model": "toy", "steps": 3, "batch": 4, "seeds": "0 1", "alphas": "0 0.25 0.5 1",
         "train_langs": "de,en", "miracl_langs": "de sw", "smoke": 0}))
     (root / "qrels.trec").write_text("".join(
         f"{ql}-q{g} 0 {cl}-c{g} 1\n" for ql in LANGS for g in range(GROUPS) for cl in LANGS))
@@ -100,14 +100,15 @@ def test_report_renders_numbers_figures_and_missing_pieces(results_tree, tmp_pat
     assert any("hybrid-s1" in m for m in missing)
     assert any(m.startswith("MLQA-R scores") for m in missing)
     assert "MIRACL-mini untrained: sw" in missing
-    assert "alpha sweep (XQuAD-R): alpha 0, alpha 1" in missing  # 0.5 is hybrid-s0
+    # 0, 0.5 and 1 are the cross-s0, hybrid-s0 and mono-s0 runs
+    assert "alpha sweep (XQuAD-R): alpha 0.25" in missing
     assert "- MIRACL-mini mono-s0: all languages" in text
     # significance from the --compare output
     p = json.loads((results_tree / "significance" / "xquad-r" /
                     "hybrid-s0-vs-mono-s0.json").read_text())["mono"]["map"]["p_value"]
     assert f"p={p:.4f}" in text
     figures = sorted(f.name for f in (out.parent / "figures").iterdir())
-    assert figures == ["heatmap-xquad-r-cross-s0.png", "heatmap-xquad-r-hybrid-s0.png",
+    assert figures == ["alpha-sweep.png", "heatmap-xquad-r-cross-s0.png", "heatmap-xquad-r-hybrid-s0.png",
                        "heatmap-xquad-r-mono-s0.png", "loss-curves.png"]
     assert all((out.parent / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figures)
     assert "(figures/heatmap-xquad-r-hybrid-s0.png)" in text
