@@ -1,10 +1,11 @@
 """Benchmark: hbt-score on a 1M-line run with MIRACL-style qrels vs pytrec_eval and ranx.
 
-All three score the same files in the same process run (median of --repeats, min–max, repeats
-interleaved), each including reading the run and qrels files, and the script checks that the
-numbers agree to 1e-9. hbt-score is also timed as a whole command (``bin/hbt-score``: start-up,
-reading, JSON output). Also timed: ``hbt-score --protocol lareqa`` on the whole XQuAD-R
-(target < 20 s).
+All three score the same files (median of --repeats, min–max, repeats interleaved), each
+including reading the run and qrels files, and the script checks that the numbers agree to
+1e-9. Two comparisons: in process (one Python process, imports done) and whole process (a fresh
+interpreter each: start-up, imports, reading, scoring, printing; ``bin/hbt-score`` for us, this
+script's ``--peer NAME`` for the others). Also timed: ``hbt-score --protocol lareqa`` on the
+whole XQuAD-R (target < 20 s).
 
     .venv/bin/python benchmarks/score_bench.py [--queries 10000] [--depth 100] [--repeats 3]
         [--xquad-r DIR] [--json PATH]
@@ -29,10 +30,6 @@ from common import ROOT, print_targets, ratio, summary, target, timed_process, w
 
 sys.path.insert(0, ROOT)
 XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
-
-from hbt_tools.evaluation.trec_eval import evaluate_run  # noqa: E402
-from hbt_tools.metrics import parse_metrics  # noqa: E402
-from hbt_tools.trec import read_qrels, read_run_columns  # noqa: E402
 
 METRICS = {"ndcg@10": ("ndcg_cut.10", "ndcg_cut_10", "ndcg@10"),
            "recall@100": ("recall.100", "recall_100", "recall@100"),
@@ -60,6 +57,10 @@ def make_data(directory: str, n_queries: int, depth: int, seed: int = 0) -> tupl
 
 
 def hbt_in_process(run_path, qrels_path):
+    from hbt_tools.evaluation.trec_eval import evaluate_run
+    from hbt_tools.metrics import parse_metrics
+    from hbt_tools.trec import read_qrels, read_run_columns
+
     scores = evaluate_run(read_run_columns(run_path), read_qrels(qrels_path),
                           parse_metrics(list(METRICS)))
     return scores.means()
@@ -99,6 +100,18 @@ def ranx_scores(run_path, qrels_path):
     return {name: float(result[m[2]]) for name, m in METRICS.items()}
 
 
+PEERS = {"pytrec_eval": pytrec_eval_scores, "ranx": ranx_scores}
+
+
+def peer_command(name: str):
+    """The peer as a whole process: this script with ``--peer NAME RUN QRELS``."""
+    def run(run_path, qrels_path):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peer", name,
+                              run_path, qrels_path], check=True, capture_output=True)
+        return json.loads(out.stdout)
+    return run
+
+
 def lareqa_inputs(xquad_r: str, directory: str) -> list[str]:
     """XQuAD-R pools (all 11 languages) with random unit embeddings: the protocol's cost does
     not depend on the values. Returns the hbt-score arguments."""
@@ -119,6 +132,9 @@ def lareqa_inputs(xquad_r: str, directory: str) -> list[str]:
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--peer":   # a peer as a whole process
+        print(json.dumps(PEERS[sys.argv[2]](*sys.argv[3:])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--depth", type=int, default=100)
@@ -127,14 +143,16 @@ def main():
                         help="XQuAD-R folder for the LAReQA protocol timing ('' = skip)")
     parser.add_argument("--json", help="results file (default benchmarks/results/score.json)")
     args = parser.parse_args()
-    tools = [("hbt-score (command)", hbt_command), ("hbt-score (in process)", hbt_in_process),
-             ("pytrec_eval", pytrec_eval_scores)]
+    peers = ["pytrec_eval"]
     try:
         import ranx  # noqa: F401
         ranx_scores(*make_data(tempfile.mkdtemp(), 20, 10))   # compile numba kernels first
-        tools.append(("ranx", ranx_scores))
+        peers.append("ranx")
     except ImportError:
         print("ranx not installed: skipped", file=sys.stderr)
+    tools = [("hbt-score (command)", hbt_command), ("hbt-score (in process)", hbt_in_process)]
+    tools += [(peer, PEERS[peer]) for peer in peers]
+    tools += [(f"{peer} (whole process)", peer_command(peer)) for peer in peers]
     times = {name: [] for name, _ in tools}
     values = {}
     lareqa_times = []
@@ -155,8 +173,8 @@ def main():
     reference = values["pytrec_eval"]
     setup = (f"{lines:,} run lines, {args.queries:,} queries x {args.depth}, ~10 judged "
              f"passages a query (MIRACL-style qrels); metrics {', '.join(METRICS)}; every tool "
-             f"reads the run and qrels files; command = bin/hbt-score as a child process "
-             f"(start-up and JSON output included)")
+             f"reads the run and qrels files; whole process = a fresh interpreter (start-up, "
+             f"imports, JSON output included): bin/hbt-score, or this script's --peer NAME")
     print(f"{setup}; median of {args.repeats} (min-max), seconds\n")
     print("| tool | time | vs hbt-score (command) | " + " | ".join(METRICS) + " |")
     print("|---" * (3 + len(METRICS)) + "|")
@@ -173,12 +191,12 @@ def main():
                       f"{reference[metric]!r}", file=sys.stderr)
                 sys.exit(1)
     print("\nall tools agree with pytrec_eval to 1e-9")
-    targets = [target(f"hbt-score {'command' if 'command' in ours_name else 'in process'}, "
-                      f"speed-up", f"{peer} (in process, reading files)", 1,
-                      ratio(times[peer], times[ours_name]), "> 1× (faster), same numbers", True,
-                      "×")
-               for ours_name in ("hbt-score (command)", "hbt-score (in process)")
-               for peer in ("pytrec_eval", "ranx") if peer in times]
+    targets = [target("hbt-score command, speed-up", f"{peer} (whole process)", 1,
+                      ratio(times[f"{peer} (whole process)"], times["hbt-score (command)"]),
+                      "> 1× (faster), same numbers", True, "×") for peer in peers]
+    targets += [target("hbt-score in process, speed-up", f"{peer} (in process, reading files)",
+                       1, ratio(times[peer], times["hbt-score (in process)"]),
+                       "> 1× (faster), same numbers", True, "×") for peer in peers]
     rows = [{"what": name, **summary(t), "unit": "s"} for name, t in times.items()]
     if lareqa_times:
         targets.append(target("hbt-score --protocol lareqa, XQuAD-R (11 languages, whole "
