@@ -8,7 +8,7 @@ sentence; ``hbt-prepare pairs`` + ``hbt-make-batches --strategy hybrid``):
   sentence-transformers' ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss``
   (scale 20 = temperature 0.05, AdamW lr 3e-5, weight decay 0.01, no warm-up, default fp32)
   on the same batches in the same order (a sequential batch sampler), same prefixes; and the
-  loss curves agree within noise (both have dropout on; the table gives both per step);
+  loss curves agree within noise (both have dropout on, each repeat its own seed: the spread of the repeats is the noise);
 * ``hbt-train --chunk-size 32`` at batch 512: peak RSS <= 35% of plain batch 512 and time per
   step <= 2.5x plain.
 
@@ -39,12 +39,12 @@ ST_PROCESS = """
 import json, sys, time, torch
 from datasets import Dataset
 from torch.utils.data import BatchSampler, SequentialSampler
-from transformers import TrainerCallback
+from transformers import PreTrainedTokenizerFast, TrainerCallback
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers import SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.sentence_transformer.modules import Transformer, Pooling, Normalize
-folder, batches_path, steps, out, log_path = sys.argv[1:6]
+folder, batches_path, steps, out, log_path, seed = sys.argv[1:7]
 steps = int(steps)
 queries, positives = [], []
 for line in open(batches_path, encoding="utf-8").readlines()[:steps]:
@@ -53,6 +53,9 @@ for line in open(batches_path, encoding="utf-8").readlines()[:steps]:
         positives.append("passage: " + item["positive"])
 batch_size = len(queries) // steps
 transformer = Transformer(folder, max_seq_length=256)
+# The same tokens as hbt-train: transformers 5's XLMRobertaTokenizer class drops the folder's
+# NFKC normalizer (full-width punctuation becomes <unk>); tokenizer.json as written keeps it.
+transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
 model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(),
                                                           "mean"), Normalize()], device="cpu")
 
@@ -76,7 +79,7 @@ log = StepLog()
 args = SentenceTransformerTrainingArguments(
     output_dir=out, per_device_train_batch_size=batch_size, num_train_epochs=1,
     learning_rate=3e-5, weight_decay=0.01, warmup_steps=0, lr_scheduler_type="linear",
-    logging_steps=1, save_strategy="no", report_to=[], seed=42, dataloader_drop_last=False,
+    logging_steps=1, save_strategy="no", report_to=[], seed=int(seed), dataloader_drop_last=False,
     disable_tqdm=True)
 trainer = InOrder(model=model, args=args, callbacks=[log],
                   train_dataset=Dataset.from_dict({"anchor": queries, "positive": positives}),
@@ -114,9 +117,10 @@ def run_child(command: list[str]) -> dict:
     return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024}
 
 
-def hbt_train(batches: str, output: str, steps: int, extra: list[str] = ()) -> dict:
+def hbt_train(batches: str, output: str, steps: int, seed: int, extra: list[str] = ()) -> dict:
     result = run_child([sys.executable, os.path.join(ROOT, "bin", "hbt-train"), "--model",
                         "multilingual-e5-small", "--output", output, "--max-steps", str(steps),
+                        "--seed", str(seed),
                         "--save-steps", "0", "--quiet", *extra, batches])
     with open(os.path.join(output, "train_log.jsonl")) as fh:
         rows = [json.loads(line) for line in fh]
@@ -124,10 +128,10 @@ def hbt_train(batches: str, output: str, steps: int, extra: list[str] = ()) -> d
             "step_seconds": [r["seconds"] for r in rows]}
 
 
-def st_train(folder: str, batches: str, output: str, steps: int) -> dict:
+def st_train(folder: str, batches: str, output: str, steps: int, seed: int) -> dict:
     log_path = os.path.join(output + ".log.json")
     result = run_child([sys.executable, "-c", ST_PROCESS, folder, batches, str(steps), output,
-                        log_path])
+                        log_path, str(seed)])
     with open(log_path) as fh:
         rows = json.load(fh)
     return {**result, "losses": [r.get("loss") for r in rows],
@@ -162,10 +166,11 @@ def main() -> None:
         runs: dict[str, list[dict]] = {"hbt": [], "st": [], "plain": [], "chunked": []}
         for repeat in range(args.repeats):
             out = os.path.join(tmp, f"r{repeat}")
-            runs["hbt"].append(hbt_train(small, out + "-hbt", args.steps))
-            runs["st"].append(st_train(folder, small, out + "-st", args.steps))
-            runs["plain"].append(hbt_train(big, out + "-plain", args.big_steps))
-            runs["chunked"].append(hbt_train(big, out + "-chunked", args.big_steps,
+            # a different seed per repeat (dropout masks): the repeats' spread is the noise
+            runs["hbt"].append(hbt_train(small, out + "-hbt", args.steps, repeat))
+            runs["st"].append(st_train(folder, small, out + "-st", args.steps, repeat))
+            runs["plain"].append(hbt_train(big, out + "-plain", args.big_steps, repeat))
+            runs["chunked"].append(hbt_train(big, out + "-chunked", args.big_steps, repeat,
                                              ["--chunk-size", str(args.chunk_size)]))
             print(f"repeat {repeat + 1}: " + ", ".join(
                 f"{name} {r[-1]['wall_s']:.0f} s" for name, r in runs.items()), file=sys.stderr)
