@@ -411,11 +411,11 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     chunks = iter_chunks(input_path, recipe, chunk_rows, shard_spec)
     first_chunk = next(chunks)
 
-    from .models.encoder import load_biencoder, resolve_dtype
+    from .models.encoder import load_inference_biencoder, resolve_dtype
 
     torch_dtype = resolve_dtype(dtype)
-    biencoder, tokenizer = load_biencoder(model, trust_remote_code=trust_remote_code,
-                                          **settings_overrides)
+    biencoder, tokenizer = load_inference_biencoder(model, trust_remote_code=trust_remote_code,
+                                                    **settings_overrides)
     prepare_model(biencoder, torch_dtype)
     settings = biencoder.settings
     prefix, max_length = settings.prefix(kind), settings.max_length(kind)

@@ -92,6 +92,23 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
     return BiEncoder(model, settings), tokenizer
 
 
+def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
+                             **overrides) -> tuple[BiEncoder, object]:
+    """:func:`load_biencoder` for encoding only: a BERT / XLM-R folder runs on
+    :mod:`.fast_encoder` (no transformers import: seconds less per start), anything else on
+    transformers."""
+    from .fast_encoder import FastTokenizer, fast_path_config, load_fast_encoder
+
+    check_model_folder(name_or_path)
+    path = resolve_model_path(name_or_path)
+    config = fast_path_config(path) if os.path.isdir(path) else None
+    if config is None:
+        return load_biencoder(name_or_path, trust_remote_code=trust_remote_code, **overrides)
+    base = RetrievalSettings.load(path) or family_defaults(config["model_type"], name_or_path)
+    return (BiEncoder(load_fast_encoder(path, config), base.updated(**overrides)),
+            FastTokenizer(path))
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     """The folder's ``tokenizer.json`` pipeline exactly as written, else the model's own class.
 

@@ -1,0 +1,155 @@
+"""hbt-encode's fast path: BERT-architecture encoders run without importing transformers.
+
+Importing transformers costs hbt-encode 2-3 s of every start (it pulls in torch._dynamo,
+torch.distributed, sympy, jinja2, ...): more than encoding a few hundred passages. For the
+plain BERT architecture (mE5, LaBSE, mBERT) and XLM-R, this module does the same computation as
+transformers' ``BertModel`` / ``XLMRobertaModel`` in eval mode, from the folder's config.json
+and model.safetensors, with tokenizer.json run by the ``tokenizers`` library. Anything else
+(other families, remote code, sharded or .bin weights, hub names) goes through transformers.
+tests/test_fast_encoder.py checks outputs and token ids against transformers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from ..io import InputError
+
+MODEL_TYPES = ("bert", "xlm-roberta")
+# Prefixes that task heads put before the encoder's weight names (BertForX, XLMRobertaForX).
+WEIGHT_PREFIXES = ("bert.", "roberta.")
+
+
+def fast_path_config(folder: str) -> dict | None:
+    """The folder's config.json when this module can run it exactly, else None."""
+    files = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in files):
+        return None
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    plain = (config.get("model_type") in MODEL_TYPES
+             and config.get("hidden_act", "gelu") == "gelu"
+             and config.get("position_embedding_type", "absolute") == "absolute"
+             and not config.get("is_decoder") and not config.get("add_cross_attention")
+             and "auto_map" not in config)
+    return config if plain else None
+
+
+class FastTokenizer:
+    """The subset of a transformers tokenizer that encoding uses, from tokenizer.json."""
+
+    def __init__(self, folder: str):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id = self.backend.token_to_id(pad) if pad else None
+
+    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None,
+                 **_ignored) -> dict:
+        """``{"input_ids": [...]}``: special tokens added, truncated to ``max_length`` (special
+        tokens included), unpadded, as transformers' fast tokenizers do."""
+        if truncation and max_length:
+            self.backend.enable_truncation(max_length)
+        else:
+            self.backend.no_truncation()
+        self.backend.no_padding()
+        return {"input_ids": [e.ids for e in self.backend.encode_batch(texts)]}
+
+
+class FastBertEncoder(torch.nn.Module):
+    """``BertModel`` / ``XLMRobertaModel`` forward for inference (no dropout, absolute positions)."""
+
+    def __init__(self, config: dict, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.config = SimpleNamespace(**config, is_encoder_decoder=False)
+        self.heads = config["num_attention_heads"]
+        self.eps = config.get("layer_norm_eps", 1e-12)
+        # XLM-R numbers positions from padding_idx + 1 and skips padding; BERT from 0
+        self.position_offset = config.get("pad_token_id", 1) if \
+            config["model_type"] == "xlm-roberta" else None
+        self.layers = config["num_hidden_layers"]
+        weights = dict(weights)
+        for i in range(self.layers):  # one matmul for query, key and value
+            p = f"encoder.layer.{i}.attention.self"
+            for part in ("weight", "bias"):
+                weights[f"{p}.qkv.{part}"] = torch.cat([weights.pop(f"{p}.{name}.{part}")
+                                                        for name in ("query", "key", "value")])
+        self.weights = torch.nn.ParameterDict(
+            {name.replace(".", "__"): torch.nn.Parameter(tensor, requires_grad=False)
+             for name, tensor in weights.items()})
+
+    def w(self, name: str) -> torch.Tensor:
+        return self.weights[name.replace(".", "__")]
+
+    def has(self, name: str) -> bool:
+        return name.replace(".", "__") in self.weights
+
+    def _norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias"),
+                            self.eps)
+
+    def _linear(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        return F.linear(x, self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        batch, length = input_ids.shape
+        if self.position_offset is None:
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        else:
+            real = (input_ids != self.position_offset).long()
+            positions = torch.cumsum(real, dim=1) * real + self.position_offset
+        x = (self.w("embeddings.word_embeddings.weight")[input_ids]
+             + self.w("embeddings.position_embeddings.weight")[positions]
+             + self.w("embeddings.token_type_embeddings.weight")[0])
+        x = self._norm(x, "embeddings.LayerNorm")
+        attend = attention_mask.bool()[:, None, None, :]
+        head_dim = x.shape[-1] // self.heads
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}"
+            q, k, v = self._linear(x, f"{p}.attention.self.qkv").view(
+                batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+            context = context.transpose(1, 2).reshape(batch, length, -1)
+            x = self._norm(self._linear(context, f"{p}.attention.output.dense") + x,
+                           f"{p}.attention.output.LayerNorm")
+            hidden = F.gelu(self._linear(x, f"{p}.intermediate.dense"))
+            x = self._norm(self._linear(hidden, f"{p}.output.dense") + x,
+                           f"{p}.output.LayerNorm")
+        pooled = torch.tanh(self._linear(x[:, 0], "pooler.dense")) \
+            if self.has("pooler.dense.weight") else None
+        return SimpleNamespace(last_hidden_state=x, pooler_output=pooled)
+
+
+def load_fast_encoder(folder: str, config: dict) -> FastBertEncoder:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(os.path.join(folder, "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot load a model from here ({first})", folder) from None
+    for prefix in WEIGHT_PREFIXES:
+        if weights and all(name.startswith(prefix) for name in weights):
+            weights = {name[len(prefix):]: tensor for name, tensor in weights.items()}
+    layer = ["attention.self.query", "attention.self.key", "attention.self.value",
+             "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
+             "output.dense", "output.LayerNorm"]
+    expected = [f"embeddings.{name}.weight" for name in (
+        "word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]
+    expected += ["embeddings.LayerNorm.bias"] + [
+        f"encoder.layer.{i}.{name}.{part}" for i in range(config["num_hidden_layers"])
+        for name in layer for part in ("weight", "bias")]
+    missing = [name for name in expected if name not in weights]
+    if missing:
+        raise InputError(f"cannot load a model from here (weight {missing[0]!r} missing)",
+                         folder)
+    return FastBertEncoder(config, weights)

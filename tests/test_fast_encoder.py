@@ -1,0 +1,132 @@
+"""hbt-encode's transformers-free encoder against transformers itself (the reference)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from tiny_models import TEXT, make_tiny_model
+
+from hbt_tools.models.encoder import BiEncoder, load_biencoder, load_inference_biencoder
+from hbt_tools.models.fast_encoder import FastBertEncoder, FastTokenizer, fast_path_config
+
+FAST_FAMILIES = ("xlm-roberta", "bert", "labse", "e5")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {family: make_tiny_model(root, family) for family in FAST_FAMILIES + ("mbart", "mt5")}
+
+
+def texts():
+    with open(TEXT, encoding="utf-8") as fh:
+        lines = [line.strip() for line in fh if line.strip()]
+    # short and long lines of several scripts, full-width forms, whitespace runs
+    return lines[:40] + [" ".join(lines[:30]), "ＡＢＣ，１２３？", "two  spaces ", "x"]
+
+
+def padded(token_ids, pad_id):
+    width = max(map(len, token_ids))
+    ids = torch.full((len(token_ids), width), pad_id)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for i, row in enumerate(token_ids):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+def test_same_tokens_and_hidden_states_as_transformers(models, family):
+    reference, reference_tokenizer = load_biencoder(models[family])
+    fast, fast_tokenizer = load_inference_biencoder(models[family])
+    assert isinstance(fast.model, FastBertEncoder) and isinstance(fast_tokenizer, FastTokenizer)
+    assert fast.settings == reference.settings
+    assert fast_tokenizer.pad_token_id == reference_tokenizer.pad_token_id
+    for max_length in (5, 16, 200):
+        expected = reference_tokenizer(texts(), truncation=True, max_length=max_length)
+        got = fast_tokenizer(texts(), truncation=True, max_length=max_length)
+        assert got["input_ids"] == expected["input_ids"], max_length
+    assert max(map(len, got["input_ids"])) > 40  # the long text really is long
+
+    ids, mask = padded(got["input_ids"], fast_tokenizer.pad_token_id)
+    reference.eval()
+    with torch.no_grad():
+        want = reference.model(input_ids=ids, attention_mask=mask)
+        have = fast.model(input_ids=ids, attention_mask=mask)
+        real = mask.bool()
+        assert torch.allclose(have.last_hidden_state[real], want.last_hidden_state[real],
+                              atol=1e-5)
+        assert torch.allclose(have.pooler_output, want.pooler_output, atol=1e-5)
+        assert torch.allclose(fast(ids, mask), reference(ids, mask), atol=1e-5)
+
+
+def test_weights_saved_under_a_task_head_prefix(models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "prefixed"
+    folder.mkdir()
+    for name in os.listdir(models["bert"]):
+        if name != "model.safetensors":
+            (folder / name).write_bytes(open(os.path.join(models["bert"], name), "rb").read())
+    weights = load_file(os.path.join(models["bert"], "model.safetensors"))
+    save_file({f"bert.{k}": v for k, v in weights.items()}, str(folder / "model.safetensors"))
+    plain, _ = load_inference_biencoder(models["bert"])
+    prefixed, _ = load_inference_biencoder(str(folder))
+    ids = torch.tensor([[2, 50, 60, 3]])
+    mask = torch.ones_like(ids)
+    assert torch.equal(plain(ids, mask), prefixed(ids, mask))
+
+
+@pytest.mark.parametrize("family", ["mbart", "mt5"])
+def test_other_families_go_through_transformers(models, family):
+    assert fast_path_config(models[family]) is None
+    biencoder, _ = load_inference_biencoder(models[family])
+    assert isinstance(biencoder, BiEncoder) and not isinstance(biencoder.model, FastBertEncoder)
+
+
+def test_remote_code_and_unusual_configs_go_through_transformers(models, tmp_path):
+    with open(os.path.join(models["bert"], "config.json")) as fh:
+        config = json.load(fh)
+    for change in ({"auto_map": {"AutoModel": "x.Model"}}, {"hidden_act": "relu"},
+                   {"position_embedding_type": "relative_key"}, {"is_decoder": True}):
+        folder = tmp_path / list(change)[0]
+        folder.mkdir()
+        for name in os.listdir(models["bert"]):
+            (folder / name).write_bytes(open(os.path.join(models["bert"], name), "rb").read())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        assert fast_path_config(str(folder)) is None, change
+
+
+def test_encoding_never_imports_transformers(models, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n"
+                            for i, t in enumerate(texts())))
+    script = ("import sys\nfrom hbt_tools.encoding import encode_file\n"
+              f"encode_file({models['xlm-roberta']!r}, {str(rows)!r}, "
+              f"{str(tmp_path / 'out.npy')!r}, 'passage', progress=False)\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:500]
+    assert (tmp_path / "out.npy").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_real_model_embeddings_equal_transformers():
+    """The built-in multilingual-e5-small on XQuAD-R text in 11 languages, fp32."""
+    from test_offline_model import xquad_texts
+
+    from hbt_tools.encoding import embed_token_ids, tokenize_unpadded
+
+    sample = ["passage: " + t for t in xquad_texts(per_language=8)]
+    embeddings = []
+    for load in (load_biencoder, load_inference_biencoder):
+        biencoder, tokenizer = load("multilingual-e5-small")
+        token_ids = tokenize_unpadded(tokenizer, sample, 512)
+        embeddings.append(embed_token_ids(biencoder.eval(), token_ids, tokenizer.pad_token_id,
+                                          4096, 64))
+    assert len(sample) > 60
+    assert abs(embeddings[0] - embeddings[1]).max() < 1e-5
