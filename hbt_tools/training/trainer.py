@@ -32,9 +32,6 @@ from .loss import info_nce_loss
 from .preflight import preflight
 
 LOG_FILE = "train_log.jsonl"
-# Without --chunk-size a batch is still encoded in length-sorted groups of this many rows, all
-# in one graph: the same loss and gradients with far less padding (matmuls stay large enough).
-LENGTH_GROUP_ROWS = 8
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -84,8 +81,8 @@ class Trainer:
         queries = {k: v.to(self.ctx.device) for k, v in batch.queries.items()}
         passages = {k: v.to(self.ctx.device) for k, v in batch.passages.items()}
         size = self.config.chunk_size
-        query_chunks = split_chunks(queries, size or LENGTH_GROUP_ROWS)
-        passage_chunks = split_chunks(passages, size or LENGTH_GROUP_ROWS)
+        query_chunks = split_chunks(queries, size)
+        passage_chunks = split_chunks(passages, size)
         with self.autocast():
             if size:
                 loss = cached_step(self.biencoder, query_chunks, passage_chunks,
@@ -107,7 +104,7 @@ class Trainer:
                 queries, passages = (
                     encode_chunks(self.biencoder, split_chunks(
                         {k: v.to(self.ctx.device) for k, v in tokens.items()},
-                        self.config.chunk_size or LENGTH_GROUP_ROWS))
+                        self.config.chunk_size))
                     for tokens in (batch.queries, batch.passages))
                 total += float(self.global_batch_loss(queries, passages))
         self.biencoder.train()
