@@ -181,24 +181,58 @@ def _widen(array: np.ndarray, width: int, fill) -> np.ndarray:
     return out
 
 
+_POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)
+
+
+def format_scores(scores: np.ndarray) -> list[bytes]:
+    """``b"%.6f"`` of each score, vectorised: digits of :func:`printed_scores` (which rounds
+    exactly as printf does) written into a byte matrix, one class of sign x width at a time."""
+    scores = np.asarray(scores, dtype=np.float32).ravel()
+    printed = printed_scores(scores)
+    if not np.isfinite(printed).all() or (scores.size and np.abs(printed).max() >= 1e18):
+        return [f"{s:.{SCORE_DECIMALS}f}".encode() for s in scores.tolist()]
+    whole, fraction = np.divmod(np.abs(printed).astype(np.int64), int(_SCALE))
+    digits = np.maximum(np.searchsorted(_POWERS_OF_TEN, whole, side="right"), 1)
+    negative = np.signbit(scores)  # printf writes -0.000000 for tiny negatives, as here
+    out = np.empty(scores.size, dtype=object)
+    for sign in (False, True):
+        for width in np.unique(digits[negative == sign]).tolist():
+            rows = np.flatnonzero((negative == sign) & (digits == width))
+            columns = [np.full(rows.size, ord("-"), np.uint8)] if sign else []
+            columns += [48 + (whole[rows] // _POWERS_OF_TEN[width - 1 - j]) % 10
+                        for j in range(width)]
+            columns.append(np.full(rows.size, ord("."), np.uint8))
+            columns += [48 + (fraction[rows] // _POWERS_OF_TEN[SCORE_DECIMALS - 1 - j]) % 10
+                        for j in range(SCORE_DECIMALS)]
+            chars = np.stack(columns, axis=1).astype(np.uint8)
+            out[rows] = chars.view(f"S{chars.shape[1]}").ravel()
+    return out.tolist()
+
+
 def format_run_block(qids: list[str], scores: np.ndarray, labels: np.ndarray,
                      docids: np.ndarray, tag: str) -> bytes:
     """TREC run lines ``qid Q0 docid rank score tag`` for a batch of queries, as one bytes block.
 
-    Row i of ``scores``/``labels`` holds query i's hits in rank order (label -1 = none).
+    Row i of ``scores``/``labels`` holds query i's hits in rank order (label -1 = none);
+    ``docids`` are UTF-8 bytes (:func:`encoded_docids`).
     """
     found = labels >= 0
     hits_per_query = found.sum(axis=1)
     lines = int(hits_per_query.sum())
-    query_prefixes = np.array([f"{qid} Q0 " for qid in qids], dtype=object)
-    rank_fields = np.array([f" {rank} " for rank in range(1, labels.shape[1] + 1)], dtype=object)
+    query_prefixes = np.array([f"{qid} Q0 ".encode() for qid in qids], dtype=object)
+    rank_fields = np.array([f" {rank} ".encode() for rank in range(1, labels.shape[1] + 1)],
+                           dtype=object)
     parts: list = [None] * (5 * lines)
     parts[0::5] = np.repeat(query_prefixes, hits_per_query).tolist()
     parts[1::5] = docids[labels[found]].tolist()
     parts[2::5] = rank_fields[np.nonzero(found)[1]].tolist()
-    parts[3::5] = [f"{score:.{SCORE_DECIMALS}f}" for score in scores[found].tolist()]
-    parts[4::5] = [f" {tag}\n"] * lines
-    return "".join(parts).encode("utf-8")
+    parts[3::5] = format_scores(scores[found])
+    parts[4::5] = [f" {tag}\n".encode()] * lines
+    return b"".join(parts)
+
+
+def encoded_docids(docids: np.ndarray) -> np.ndarray:
+    return np.array([docid.encode("utf-8") for docid in docids.tolist()], dtype=object)
 
 
 def _search_batches(searcher: Searcher, queries: np.ndarray, k: int,
@@ -260,11 +294,12 @@ def write_search_run(searcher: Searcher, queries: np.ndarray, qids: list[str], o
     from tqdm import tqdm
 
     written = 0
+    docids = encoded_docids(searcher.docids)
     with tqdm(total=len(qids), desc="hbt-search", unit=" queries",
               disable=None if progress else True, leave=False) as bar:
         for start, scores, labels in _search_batches(searcher, queries, k, batch_size):
             out.write(format_run_block(qids[start:start + len(scores)], scores, labels,
-                                       searcher.docids, tag))
+                                       docids, tag))
             written += int((labels >= 0).sum())
             bar.update(len(scores))
     return written

@@ -142,3 +142,20 @@ def test_rank_distance_is_at_least_relevant_minus_one(n_langs, n_groups, distrac
     for qid, distance in zip(scores.query_ids, scores.rank_distance.tolist()):
         assert distance >= len(qrels[qid]) - 1, (qid, distance)
         assert distance <= len(corpus_rows) - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=40),
+       st.integers(0, 2**32 - 1))
+def test_vectorised_score_formatting_is_printf(values, seed):
+    """hbt-search's run scores equal Python's (= printf's) ``%.6f`` of the float32 score,
+    including halves at the 7th decimal, -0.000000, and scores of any magnitude."""
+    from hbt_tools.search import format_scores
+
+    rng = np.random.default_rng(seed)
+    # odd m / 128 (e.g. 0.0078125) is exactly halfway between two 6-decimal numbers
+    halves = (2 * rng.integers(-50_000, 50_000, 20) + 1) / 128
+    scores = np.array(values + halves.tolist() + [0.0, -0.0, -1e-9, 0.0078125, 0.0234375],
+                      dtype=np.float32)
+    assert f"{np.float32(0.0078125):.6f}" == "0.007812"  # half to even: a real tie case
+    assert format_scores(scores) == [f"{s:.6f}".encode() for s in scores.tolist()]
