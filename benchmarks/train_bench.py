@@ -214,7 +214,8 @@ def main() -> None:
     ]
     setup = (f"multilingual-e5-small, XQuAD-R pairs (query, answer sentence), hybrid batches "
              f"(alpha 0.5); batch 32: {args.steps} steps, batch {args.big_batch}: "
-             f"{args.big_steps} steps, passages cut at {args.big_max_length} tokens; seconds per step = median over steps 2..n")
+             f"{args.big_steps} steps, passages cut at {args.big_max_length} tokens; seconds per "
+             f"step = median over steps 2..n")
     print(f"## hbt-train\n\n{setup}\n\n| run | s/step, median (min–max) | peak RSS MB | "
           f"whole process s |\n|---|---|---|---|")
     for row in rows:
