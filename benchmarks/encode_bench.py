@@ -54,10 +54,11 @@ transformer = Transformer(folder, max_seq_length=%d,
 # The same tokens as hbt-encode: transformers 5's XLMRobertaTokenizer class drops the folder's
 # NFKC normalizer (full-width punctuation becomes <unk>); tokenizer.json as written keeps it.
 transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
+transformer.max_seq_length = %d  # kept as the tokenizer's model_max_length
 model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(),
                                                           "mean"), Normalize()], device="cpu")
 np.save(out, model.encode(texts, batch_size=32))
-""" % MAX_LENGTH
+""" % (MAX_LENGTH, MAX_LENGTH)
 
 
 def prepare_inputs(xquad_r: str, workdir: str, n_passages: int, articles: str,
