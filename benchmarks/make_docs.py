@@ -35,10 +35,14 @@ def render(results: list[dict]) -> str:
         out.append(f"- {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('memory_gb', '?')} GB "
                    f"memory, bf16 instructions: {bf16}; Python {m.get('python')}, "
                    f"torch {m.get('torch', '—')}")
+    # the benchmarks keep all CPUs busy themselves: a load above the CPU count means other jobs
+    busy = any(r["machine"].get("load_average_1min", 0) > r["machine"].get("cpus", 1) + 0.5
+               for r in results)
     out += ["", "Load average (1 min) when each result was written: " + ", ".join(
-        f"{r['benchmark']} {r['machine'].get('load_average_1min')}" for r in results) +
+        f"{r['benchmark']} {r['machine'].get('load_average_1min')}" for r in results) + (
         ". The machine was shared with other jobs while these ran: absolute times are noisy; "
-        "the ratios are the meaningful numbers.", "", "## Targets (issue 5)", "",
+        "the ratios are the meaningful numbers." if busy else
+        " (the benchmarks' own threads: no other jobs ran)."), "", "## Targets (issue 5)", "",
         "| benchmark | target | peer | goal | measured, median (min–max) | |",
         "|---|---|---|---|---|---|"]
     for r in results:
