@@ -61,23 +61,28 @@ def language_heatmap(matrix: Mapping[str, Mapping[str, float]], path: str | os.P
 def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike,
                 title: str = "training loss", smooth: int = 5) -> None:
     """One line per run: (step, loss) points, drawn raw (faint) and as a trailing moving
-    average over ``smooth`` steps. Runs named alike except for a seed suffix share a colour."""
+    average over ``smooth`` steps. Runs named alike except for a seed suffix share a colour;
+    the seeds of a family differ in line style."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     colours: dict[str, str] = {}
+    seeds_seen: dict[str, int] = {}
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
     for name, points in curves.items():
         if not points:
             continue
         family = name.rsplit("-s", 1)[0]
         colour = colours.setdefault(family, palette[len(colours) % len(palette)])
+        style = styles[seeds_seen.get(family, 0) % len(styles)]
+        seeds_seen[family] = seeds_seen.get(family, 0) + 1
         steps = [s for s, _ in points]
         losses = [v for _, v in points]
         window = max(1, min(smooth, len(losses)))
         averaged = [sum(losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
                     for i in range(len(losses))]
         ax.plot(steps, losses, color=colour, alpha=0.2, linewidth=0.8)
-        ax.plot(steps, averaged, color=colour, linewidth=1.4, label=name)
+        ax.plot(steps, averaged, color=colour, linestyle=style, linewidth=1.4, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("InfoNCE loss")
     ax.set_title(title, fontsize=10)
