@@ -11,16 +11,41 @@ which ``make_docs.py`` turns into ``docs/benchmarks.md``::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
+
+
+@contextlib.contextmanager
+def model_bench_dirs(args):
+    """``(built-in model folder, temporary dir, workdir)``; prepared inputs go to --workdir when
+    given (kept and reused), else into the temporary dir."""
+    sys.path.insert(0, ROOT)
+    from hbt_tools.models.offline import builtin_model_dir
+
+    folder = builtin_model_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or tmp
+        os.makedirs(workdir, exist_ok=True)
+        yield folder, tmp, workdir
+
+
+def add_model_bench_arguments(parser, name: str) -> None:
+    """--repeats, --xquad-r, --workdir, --json: shared by the scripts that run the real model."""
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--xquad-r", default=XQUAD_R, help="folder of XQuAD-R {lang}.json")
+    parser.add_argument("--workdir", help="keep prepared inputs here (reused)")
+    parser.add_argument("--json", help=f"results file (default benchmarks/results/{name}.json)")
 
 
 def machine() -> dict:

@@ -29,16 +29,14 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from common import (ROOT, print_targets, ratio, summary, target, timed_process,
-                    write_results)
+from common import (ROOT, add_model_bench_arguments, model_bench_dirs, print_targets, ratio, summary,
+                    target, timed_process, write_results)
 
 sys.path.insert(0, ROOT)
-XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
 MAX_LENGTH = 256
 PREFIX = "passage: "
 
@@ -157,21 +155,13 @@ def lareqa_map(workdir: str, subset: str, dtype_args: list[str], name: str) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passages", type=int, default=200, help="XQuAD-R candidates encoded")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quality-articles", default="0:4",
                         help="articles of each XQuAD-R file for the mAP check ('' = skip it)")
     parser.add_argument("--quality-langs", default="en,de,zh")
-    parser.add_argument("--xquad-r", default=XQUAD_R, help="folder of XQuAD-R {lang}.json")
-    parser.add_argument("--workdir", help="keep prepared inputs here (reused)")
-    parser.add_argument("--json", help="results file (default benchmarks/results/encode.json)")
+    add_model_bench_arguments(parser, "encode")
     args = parser.parse_args()
 
-    from hbt_tools.models.offline import builtin_model_dir
-
-    folder = builtin_model_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or tmp
-        os.makedirs(workdir, exist_ok=True)
+    with model_bench_dirs(args) as (folder, tmp, workdir):
         inputs = prepare_inputs(args.xquad_r, workdir, args.passages,
                                 args.quality_articles or "0:1", args.quality_langs)
         flops = model_flops(folder, inputs["texts"])

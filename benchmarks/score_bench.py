@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
-from common import ROOT, print_targets, ratio, summary, target, timed_process, write_results
+from common import (ROOT, XQUAD_R, print_targets, ratio, summary, target, timed_process,
+                    write_results)
 
 sys.path.insert(0, ROOT)
-XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
 
 METRICS = {"ndcg@10": ("ndcg_cut.10", "ndcg_cut_10", "ndcg@10"),
            "recall@100": ("recall.100", "recall_100", "recall@100"),

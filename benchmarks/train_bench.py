@@ -28,13 +28,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from common import (ROOT, print_targets, ratio, summary, target, write_results)
+from common import (ROOT, add_model_bench_arguments, model_bench_dirs, print_targets, ratio, summary,
+                    target, write_results)
 
 sys.path.insert(0, ROOT)
-XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
 
 ST_PROCESS = """
 import json, sys, time, torch
@@ -154,18 +153,10 @@ def main() -> None:
     parser.add_argument("--big-max-length", type=int, default=32,
                         help="query and passage length cap of both batch-512 runs: a plain "
                              "batch of 512 at 64 tokens needs ~21 GB of activations")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--xquad-r", default=XQUAD_R, help="folder of XQuAD-R {lang}.json")
-    parser.add_argument("--workdir", help="keep prepared inputs here (reused)")
-    parser.add_argument("--json", help="results file (default benchmarks/results/train.json)")
+    add_model_bench_arguments(parser, "train")
     args = parser.parse_args()
 
-    from hbt_tools.models.offline import builtin_model_dir
-
-    folder = builtin_model_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or tmp
-        os.makedirs(workdir, exist_ok=True)
+    with model_bench_dirs(args) as (folder, tmp, workdir):
         small = prepare_batches(args.xquad_r, workdir, 32, args.steps, "sentence")
         big = prepare_batches(args.xquad_r, workdir, args.big_batch, args.big_steps, "sentence")
         runs: dict[str, list[dict]] = {"hbt": [], "st": [], "plain": [], "chunked": []}
