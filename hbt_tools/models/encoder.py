@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ..io import InputError
-from .folder import check_model_folder
+from .folder import check_model_folder, load_failure
 from .settings import RetrievalSettings, family_defaults
 
 
@@ -83,11 +83,8 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
                 path, config=config, trust_remote_code=trust_remote_code,
                 output_loading_info=True)
     except (OSError, ValueError, KeyError, SafetensorError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot load a model from here ({first})", name_or_path) from None
-    base = (RetrievalSettings.load(path) if os.path.isdir(path) else None) \
-        or family_defaults(config.model_type, name_or_path)
-    settings = base.updated(**overrides)
+        raise load_failure(e, name_or_path) from None
+    settings = _settings(path, config.model_type, name_or_path, overrides)
     _check_missing_weights(loading_info.get("missing_keys", ()), settings, name_or_path)
     return BiEncoder(model, settings), tokenizer
 
@@ -104,9 +101,16 @@ def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
     config = fast_path_config(path) if os.path.isdir(path) else None
     if config is None:
         return load_biencoder(name_or_path, trust_remote_code=trust_remote_code, **overrides)
-    base = RetrievalSettings.load(path) or family_defaults(config["model_type"], name_or_path)
-    return (BiEncoder(load_fast_encoder(path, config), base.updated(**overrides)),
+    return (BiEncoder(load_fast_encoder(path, config),
+                      _settings(path, config["model_type"], name_or_path, overrides)),
             FastTokenizer(path))
+
+
+def _settings(path: str, model_type: str, name_or_path: str, overrides: dict) -> RetrievalSettings:
+    """The folder's ``hbt_retrieval.json`` (else the family's defaults), then ``overrides``."""
+    base = (RetrievalSettings.load(path) if os.path.isdir(path) else None) \
+        or family_defaults(model_type, name_or_path)
+    return base.updated(**overrides)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

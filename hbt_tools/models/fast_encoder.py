@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import InputError
+from .folder import load_failure
 
 MODEL_TYPES = ("bert", "xlm-roberta")
 # Prefixes that task heads put before the encoder's weight names (BertForX, XLMRobertaForX).
@@ -135,8 +136,7 @@ def load_fast_encoder(folder: str, config: dict) -> FastBertEncoder:
     try:
         weights = load_file(os.path.join(folder, "model.safetensors"))
     except (SafetensorError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot load a model from here ({first})", folder) from None
+        raise load_failure(e, folder) from None
     for prefix in WEIGHT_PREFIXES:
         if weights and all(name.startswith(prefix) for name in weights):
             weights = {name[len(prefix):]: tensor for name, tensor in weights.items()}

@@ -33,3 +33,10 @@ def check_model_folder(name_or_path: str) -> None:
         refuse("config.json names no model_type")
     if not any(os.path.isfile(os.path.join(name_or_path, name)) for name in WEIGHT_FILES):
         refuse(f"no weights: none of {', '.join(WEIGHT_FILES)}")
+
+
+def load_failure(error: Exception, where: str) -> InputError:
+    """The usual one-line error for weights or files that fail to load: the error's first line."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return InputError(f"cannot load a model from here ({first})", where)
