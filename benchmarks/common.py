@@ -40,6 +40,23 @@ def model_bench_dirs(args):
         yield folder, tmp, workdir
 
 
+# Child-process code: sentence-transformers' model with the folder's tokenizer.json as written,
+# so that it encodes the same tokens as hbt-tools. transformers 5's XLMRobertaTokenizer class
+# drops the folder's NFKC normalizer (full-width punctuation becomes <unk>).
+ST_MODEL_CODE = """
+from transformers import PreTrainedTokenizerFast
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Transformer, Pooling, Normalize
+
+def st_model(folder, max_length, model_kwargs=None):
+    transformer = Transformer(folder, max_seq_length=max_length, model_kwargs=model_kwargs)
+    transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
+    transformer.max_seq_length = max_length  # kept as the tokenizer's model_max_length
+    return SentenceTransformer(modules=[transformer, Pooling(
+        transformer.get_embedding_dimension(), "mean"), Normalize()], device="cpu")
+"""
+
+
 def add_model_bench_arguments(parser, name: str) -> None:
     """--repeats, --xquad-r, --workdir, --json: shared by the scripts that run the real model."""
     parser.add_argument("--repeats", type=int, default=3)

@@ -33,30 +33,20 @@ import time
 
 import numpy as np
 
-from common import (ROOT, add_model_bench_arguments, model_bench_dirs, print_targets, ratio, summary,
-                    target, timed_process, write_results)
+from common import (ROOT, ST_MODEL_CODE, add_model_bench_arguments, model_bench_dirs,
+                    print_targets, ratio, summary, target, timed_process, write_results)
 
 sys.path.insert(0, ROOT)
 MAX_LENGTH = 256
 PREFIX = "passage: "
 
-ST_PROCESS = """
+ST_PROCESS = ST_MODEL_CODE + """
 import sys, json, numpy as np, torch
-from transformers import PreTrainedTokenizerFast
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Transformer, Pooling, Normalize
 folder, texts_path, out, dtype = sys.argv[1:5]
 texts = [json.loads(line) for line in open(texts_path, encoding="utf-8")]
-transformer = Transformer(folder, max_seq_length=%d,
-                          model_kwargs={"dtype": torch.bfloat16} if dtype == "bf16" else None)
-# The same tokens as hbt-encode: transformers 5's XLMRobertaTokenizer class drops the folder's
-# NFKC normalizer (full-width punctuation becomes <unk>); tokenizer.json as written keeps it.
-transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
-transformer.max_seq_length = %d  # kept as the tokenizer's model_max_length
-model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(),
-                                                          "mean"), Normalize()], device="cpu")
+model = st_model(folder, %d, {"dtype": torch.bfloat16} if dtype == "bf16" else None)
 np.save(out, model.encode(texts, batch_size=32))
-""" % (MAX_LENGTH, MAX_LENGTH)
+""" % MAX_LENGTH
 
 
 def prepare_inputs(xquad_r: str, workdir: str, n_passages: int, articles: str,

@@ -30,20 +30,19 @@ import subprocess
 import sys
 import time
 
-from common import (ROOT, add_model_bench_arguments, model_bench_dirs, print_targets, ratio, summary,
-                    target, write_results)
+from common import (ROOT, ST_MODEL_CODE, add_model_bench_arguments, model_bench_dirs,
+                    print_targets, ratio, summary, target, write_results)
 
 sys.path.insert(0, ROOT)
 
-ST_PROCESS = """
+ST_PROCESS = ST_MODEL_CODE + """
 import json, sys, time, torch
 from datasets import Dataset
 from torch.utils.data import BatchSampler, SequentialSampler
-from transformers import PreTrainedTokenizerFast, TrainerCallback
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+from transformers import TrainerCallback
+from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers import SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-from sentence_transformers.sentence_transformer.modules import Transformer, Pooling, Normalize
 folder, batches_path, steps, out, log_path, seed = sys.argv[1:7]
 steps = int(steps)
 queries, positives = [], []
@@ -52,13 +51,7 @@ for line in open(batches_path, encoding="utf-8").readlines()[:steps]:
         queries.append("query: " + item["query"])
         positives.append("passage: " + item["positive"])
 batch_size = len(queries) // steps
-transformer = Transformer(folder, max_seq_length=256)
-# The same tokens as hbt-train: transformers 5's XLMRobertaTokenizer class drops the folder's
-# NFKC normalizer (full-width punctuation becomes <unk>); tokenizer.json as written keeps it.
-transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
-transformer.max_seq_length = 256  # kept as the tokenizer's model_max_length
-model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(),
-                                                          "mean"), Normalize()], device="cpu")
+model = st_model(folder, 256)
 
 class InOrder(SentenceTransformerTrainer):
     def get_batch_sampler(self, dataset, batch_size, drop_last, *args, **kwargs):
