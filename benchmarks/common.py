@@ -7,7 +7,7 @@ which ``make_docs.py`` turns into ``docs/benchmarks.md``::
      "repeats": 3, "rows": [{"what", "median", "min", "max", "unit", ...}],
      "targets": [{"what", "peer", "target", "measured", "value", "goal", "higher_is_better",
                   "pass"}],
-     "notes": [...], ...script-specific raw data...}
+     ...script-specific raw data...}
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate docs/benchmarks.md from benchmarks/results/*.json (written by the benchmark
-scripts; see benchmarks/README.md) and benchmarks/scale_on_paper.md (hand-written estimates).
+scripts; see benchmarks/README.md), benchmarks/notes/NAME.md (hand-written profiles and
+explanations, shown under each benchmark; they survive reruns) and
+benchmarks/scale_on_paper.md (hand-written estimates).
 
 Usage:  python benchmarks/make_docs.py [--results DIR] [-o docs/benchmarks.md]
 """
@@ -15,6 +17,16 @@ from common import RESULTS, ROOT
 
 ORDER = ["encode", "train", "score", "search", "make_batches"]
 SCALE_NOTE = os.path.join(ROOT, "benchmarks", "scale_on_paper.md")
+NOTES = os.path.join(ROOT, "benchmarks", "notes")
+
+
+def hand_notes(benchmark: str) -> list[str]:
+    """The paragraphs of benchmarks/notes/BENCHMARK.md (none if there is no such file)."""
+    path = os.path.join(NOTES, f"{benchmark}.md")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [p.strip() for p in fh.read().split("\n\n") if p.strip()]
 
 
 def fmt(value: float) -> str:
@@ -59,7 +71,7 @@ def render(results: list[dict]) -> str:
             out.append(f"| {row['what']}{' (' + '; '.join(extras) + ')' if extras else ''} | "
                        f"{fmt(row['median'])} | {fmt(row['min'])}–{fmt(row['max'])} | "
                        f"{row['unit']} |")
-        for note in r.get("notes", []):
+        for note in hand_notes(r["benchmark"]):
             out += ["", note]
     if os.path.exists(SCALE_NOTE):
         with open(SCALE_NOTE, encoding="utf-8") as fh:
