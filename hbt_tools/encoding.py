@@ -411,8 +411,10 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     chunks = iter_chunks(input_path, recipe, chunk_rows, shard_spec)
     first_chunk = next(chunks)
 
+    from .memory import keep_freed_memory
     from .models.encoder import load_inference_biencoder, resolve_dtype
 
+    keep_freed_memory()  # activations reuse freed blocks instead of page-faulting each op
     torch_dtype = resolve_dtype(dtype)
     biencoder, tokenizer = load_inference_biencoder(model, trust_remote_code=trust_remote_code,
                                                     **settings_overrides)

@@ -56,9 +56,7 @@ def cli(input_path, model, kind, output, fields, template, pooling, query_prefix
     Prefixes, pooling and max lengths come from the model's hbt_retrieval.json unless overridden.
     """
     from ..encoding import encode_file
-    from ..memory import keep_freed_memory
 
-    keep_freed_memory()
     # A scheduler's SIGTERM unwinds like an error: the temporary files are removed.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if max_length is not None:

@@ -81,10 +81,8 @@ def cli(batches, model, output, max_steps, lr, weight_decay, temperature, warmup
         progress=not quiet)
     checked_lines = preflight(config)  # bad input fails here, before torch loads
 
-    from ..memory import keep_freed_memory
     from ..training.trainer import train
 
-    keep_freed_memory()
     train(config, checked_lines)
 
 

@@ -20,6 +20,7 @@ import orjson
 import torch
 
 from ..io import InputError, atomic_output, dumps_jsonl, iter_jsonl
+from ..memory import keep_freed_memory
 from ..models.encoder import load_biencoder, resolve_dtype
 from . import checkpoint as ckpt
 from . import layout
@@ -285,6 +286,7 @@ def train(config: TrainConfig, checked_lines: int | None = None) -> dict:
     it (the command does, before importing torch)."""
     if checked_lines is None:
         checked_lines = preflight(config)
+    keep_freed_memory()  # activations and gradients reuse freed blocks (memory.py)
     ctx = init_distributed()
     try:
         trainer = Trainer(config, ctx)
