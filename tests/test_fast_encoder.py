@@ -80,6 +80,23 @@ def test_weights_saved_under_a_task_head_prefix(models, tmp_path):
     assert torch.equal(plain(ids, mask), prefixed(ids, mask))
 
 
+def test_cast_to_bf16_equals_an_encoder_built_from_bf16_weights(models):
+    """.to(bf16) leaves the word-embedding table as stored and casts the looked-up rows: the
+    output must equal that of an encoder whose every weight was bf16 from the start."""
+    from safetensors.torch import load_file
+
+    config = fast_path_config(models["xlm-roberta"])
+    weights = load_file(os.path.join(models["xlm-roberta"], "model.safetensors"))
+    cast = FastBertEncoder(config, weights).to(torch.bfloat16)
+    built = FastBertEncoder(config, {k: v.to(torch.bfloat16) for k, v in weights.items()})
+    assert cast.word_embeddings.dtype == torch.float32
+    ids, mask = padded([[0, 50, 60, 70, 2], [0, 80, 2]], config["pad_token_id"])
+    with torch.no_grad():
+        have, want = cast(ids, mask).last_hidden_state, built(ids, mask).last_hidden_state
+    assert have.dtype == torch.bfloat16 and torch.equal(have, want)
+    assert cast.to(torch.float32)(ids, mask).last_hidden_state.dtype == torch.float32
+
+
 @pytest.mark.parametrize("family", ["mbart", "mt5"])
 def test_other_families_go_through_transformers(models, family):
     assert fast_path_config(models[family]) is None
