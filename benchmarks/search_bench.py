@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 from hbt_tools.indexing import index_embeddings, load_index  # noqa: E402
 from hbt_tools.io import save_embeddings  # noqa: E402
+from hbt_tools.memory import keep_freed_memory  # noqa: E402
 from hbt_tools.search import Searcher, write_search_run  # noqa: E402
 
 RAW_FAISS_PROCESS = """
@@ -89,6 +90,7 @@ def main() -> None:
 
     import faiss
 
+    keep_freed_memory()  # as hbt-search does (faiss in this process gets it too)
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         passages_npy, queries_npy = make_inputs(workdir, args.queries, args.passages, args.dim)
         index_dir = os.path.join(workdir, "passages.index")

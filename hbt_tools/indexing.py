@@ -36,7 +36,7 @@ FORMAT_NAME = "hbt-index"
 FORMAT_VERSION = 1
 META_FILE, FAISS_FILE, IDS_FILE = "meta.json", "index.faiss", "ids.jsonl"
 ADD_CHUNK_ROWS = 65536
-_WHITESPACE = re.compile(r"\s")
+_BAD_TREC_ID_CHAR = re.compile(r"[\s\x00]")  # NUL too: run lines are assembled around it
 
 
 @dataclass
@@ -163,11 +163,12 @@ def build_faiss_index(emb, rows: list[dict], settings: IndexSettings, path: str,
 
 
 def check_trec_ids(rows: list[dict], path: str) -> None:
-    """TREC runs are whitespace-separated: an id holding whitespace cannot be written."""
+    """TREC runs are whitespace-separated: an id holding whitespace (or NUL, which C readers
+    such as trec_eval take as the end of the line) cannot be written."""
     for row_number, row in enumerate(rows):
-        if _WHITESPACE.search(row["id"]) or not row["id"]:
-            raise InputError(f"row {row_number}: id {row['id']!r} is empty or holds whitespace, "
-                             "which a TREC run cannot hold", path, field="id")
+        if _BAD_TREC_ID_CHAR.search(row["id"]) or not row["id"]:
+            raise InputError(f"row {row_number}: id {row['id']!r} is empty or holds whitespace "
+                             "or NUL, which a TREC run cannot hold", path, field="id")
 
 
 def index_embeddings(npy_path: str, directory: str, settings: IndexSettings | None = None,

@@ -21,6 +21,7 @@ import numpy as np
 
 from .indexing import DenseIndex, check_trec_ids, load_index
 from .io import InputError, atomic_output, load_embeddings, sidecar_path
+from .memory import keep_freed_memory
 
 SCORE_DECIMALS = 6
 _SCALE = 10.0 ** SCORE_DECIMALS
@@ -184,17 +185,18 @@ def _widen(array: np.ndarray, width: int, fill) -> np.ndarray:
 _POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)
 
 
-def format_scores(scores: np.ndarray) -> list[bytes]:
-    """``b"%.6f"`` of each score, vectorised: digits of :func:`printed_scores` (which rounds
-    exactly as printf does) written into a byte matrix, one class of sign x width at a time."""
+def format_scores(scores: np.ndarray) -> np.ndarray:
+    """``b"%.6f"`` of each score as a NUL-padded bytes array (numpy ``S`` dtype), vectorised:
+    digits of :func:`printed_scores` (which rounds exactly as printf does) written into a byte
+    matrix, one class of sign x width at a time."""
     scores = np.asarray(scores, dtype=np.float32).ravel()
     printed = printed_scores(scores)
     if not np.isfinite(printed).all() or (scores.size and np.abs(printed).max() >= 1e18):
-        return [f"{s:.{SCORE_DECIMALS}f}".encode() for s in scores.tolist()]
+        return np.array([f"{s:.{SCORE_DECIMALS}f}".encode() for s in scores.tolist()], dtype=bytes)
     whole, fraction = np.divmod(np.abs(printed).astype(np.int64), int(_SCALE))
     digits = np.maximum(np.searchsorted(_POWERS_OF_TEN, whole, side="right"), 1)
     negative = np.signbit(scores)  # printf writes -0.000000 for tiny negatives, as here
-    out = np.empty(scores.size, dtype=object)
+    out = np.zeros((scores.size, 2 + int(digits.max(initial=1)) + SCORE_DECIMALS), np.uint8)
     for sign in (False, True):
         for width in np.unique(digits[negative == sign]).tolist():
             rows = np.flatnonzero((negative == sign) & (digits == width))
@@ -204,9 +206,14 @@ def format_scores(scores: np.ndarray) -> list[bytes]:
             columns.append(np.full(rows.size, ord("."), np.uint8))
             columns += [48 + (fraction[rows] // _POWERS_OF_TEN[SCORE_DECIMALS - 1 - j]) % 10
                         for j in range(SCORE_DECIMALS)]
-            chars = np.stack(columns, axis=1).astype(np.uint8)
-            out[rows] = chars.view(f"S{chars.shape[1]}").ravel()
-    return out.tolist()
+            out[rows, :len(columns)] = np.stack(columns, axis=1)
+    return out.view(f"S{out.shape[1]}").ravel()
+
+
+def _byte_matrix(strings) -> np.ndarray:
+    """Byte strings (list or ``S`` array) as a uint8 matrix, one row each, NUL-padded."""
+    fixed = np.asarray(strings, dtype=bytes)
+    return fixed.view(np.uint8).reshape(len(fixed), fixed.itemsize)
 
 
 def format_run_block(qids: list[str], scores: np.ndarray, labels: np.ndarray,
@@ -214,21 +221,21 @@ def format_run_block(qids: list[str], scores: np.ndarray, labels: np.ndarray,
     """TREC run lines ``qid Q0 docid rank score tag`` for a batch of queries, as one bytes block.
 
     Row i of ``scores``/``labels`` holds query i's hits in rank order (label -1 = none);
-    ``docids`` are UTF-8 bytes (:func:`encoded_docids`).
+    ``docids`` are UTF-8 bytes (:func:`encoded_docids`). Each field of every line is written
+    into a NUL-padded column block of one byte matrix; dropping the NULs leaves the lines (ids
+    and tags hold no NUL: :func:`hbt_tools.indexing.check_trec_ids`, :func:`check_tag`).
     """
     found = labels >= 0
-    hits_per_query = found.sum(axis=1)
-    lines = int(hits_per_query.sum())
-    query_prefixes = np.array([f"{qid} Q0 ".encode() for qid in qids], dtype=object)
-    rank_fields = np.array([f" {rank} ".encode() for rank in range(1, labels.shape[1] + 1)],
-                           dtype=object)
-    parts: list = [None] * (5 * lines)
-    parts[0::5] = np.repeat(query_prefixes, hits_per_query).tolist()
-    parts[1::5] = docids[labels[found]].tolist()
-    parts[2::5] = rank_fields[np.nonzero(found)[1]].tolist()
-    parts[3::5] = format_scores(scores[found])
-    parts[4::5] = [f" {tag}\n".encode()] * lines
-    return b"".join(parts)
+    query_rows, ranks = np.nonzero(found)  # row-major: query by query, in rank order
+    lines = len(query_rows)
+    fields = [
+        _byte_matrix([f"{qid} Q0 ".encode() for qid in qids])[query_rows],
+        _byte_matrix(docids[labels[found]]),
+        _byte_matrix([f" {rank} ".encode() for rank in range(1, labels.shape[1] + 1)])[ranks],
+        _byte_matrix(format_scores(scores[found])),
+        np.broadcast_to(np.frombuffer(f" {tag}\n".encode(), np.uint8), (lines, len(tag) + 2))]
+    matrix = np.concatenate(fields, axis=1).ravel()
+    return matrix[matrix != 0].tobytes()
 
 
 def encoded_docids(docids: np.ndarray) -> np.ndarray:
@@ -252,8 +259,8 @@ def _search_batches(searcher: Searcher, queries: np.ndarray, k: int,
 
 
 def check_tag(tag: str) -> None:
-    if not tag or any(c.isspace() for c in tag):
-        raise InputError(f"run tag {tag!r} must be one word (no whitespace)", field="tag")
+    if not tag or any(c.isspace() or c == "\0" for c in tag):
+        raise InputError(f"run tag {tag!r} must be one word (no whitespace or NUL)", field="tag")
 
 
 def search_to_run(index_dirs: list[str], queries_npy: str, output: str | IO = "-", k: int = 100,
@@ -271,6 +278,7 @@ def search_to_run(index_dirs: list[str], queries_npy: str, output: str | IO = "-
     check_tag(tag)
     if not index_dirs:
         raise InputError("no index given")
+    keep_freed_memory()  # each batch's score, label and line buffers reuse the last one's
     indexes = [load_index(directory) for directory in index_dirs]
     queries, query_rows = load_embeddings(queries_npy)
     check_trec_ids(query_rows, sidecar_path(queries_npy))

@@ -90,6 +90,8 @@ class TestIndexContract(CommandContract):
         ids = [f"d{i}" for i in range(30)]
         spaced = write_embeddings(tmp_path / "sp.npy", good, ids[:29] + ["d 29"])
         yield "id with a space", [spaced, "-o", out], None, "whitespace"
+        nul = write_embeddings(tmp_path / "nul.npy", good, ids[:29] + ["d\x0029"])
+        yield "id with a NUL", [nul, "-o", out], None, "NUL"
         ok = write_embeddings(tmp_path / "ok.npy", good)
         yield "option of another type", [ok, "-o", out, "--nlist", "4"], None, "--type ivfpq"
         yield "pq-m not a divisor", [ok, "-o", out, "--type", "ivfpq", "--pq-m", "5"], None, \

@@ -158,4 +158,26 @@ def test_vectorised_score_formatting_is_printf(values, seed):
     scores = np.array(values + halves.tolist() + [0.0, -0.0, -1e-9, 0.0078125, 0.0234375],
                       dtype=np.float32)
     assert f"{np.float32(0.0078125):.6f}" == "0.007812"  # half to even: a real tie case
-    assert format_scores(scores) == [f"{s:.6f}".encode() for s in scores.tolist()]
+    assert format_scores(scores).tolist() == [f"{s:.6f}".encode() for s in scores.tolist()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 120))
+def test_run_block_equals_lines_written_one_by_one(seed, queries, k):
+    """format_run_block (one byte matrix, NULs dropped) against f-strings line by line: ids of
+    mixed widths and scripts, missing hits (label -1), ranks of several digits, scores of any
+    sign and width."""
+    from hbt_tools.search import encoded_docids, format_run_block
+
+    rng = np.random.default_rng(seed)
+    words = ["d", "doc-7#3", "ドキュメント", "x" * 40, "αβγ", "12345678901234"]
+    docids = np.array([f"{words[i % len(words)]}{i}" for i in range(300)], dtype=object)
+    qids = [f"{words[(i * 5) % len(words)]}q{i}" for i in range(queries)]
+    labels = rng.integers(0, len(docids), (queries, k))
+    labels[rng.random((queries, k)) < 0.2] = -1
+    scale = 10.0 ** rng.integers(-3, 8, (queries, k))
+    scores = (rng.standard_normal((queries, k)) * scale).astype(np.float32)
+    expected = "".join(
+        f"{qids[q]} Q0 {docids[labels[q, r]]} {r + 1} {scores[q, r]:.6f} tag\n"
+        for q in range(queries) for r in range(k) if labels[q, r] >= 0).encode()
+    assert format_run_block(qids, scores, labels, encoded_docids(docids), "tag") == expected
