@@ -446,19 +446,69 @@ def alpha_table(results: Results) -> str:
     return _table(["α", "run", "Mo mAP", "Cr mAP", "Mul mAP", "rank distance"], rows)
 
 
+def _work_units(results: Results) -> dict[str, dict]:
+    """Seconds of each unit of work in timings.jsonl, by kind: a training, one system's
+    evaluation on a LAReQA benchmark (encode both sides + score), a significance test, one
+    system's MIRACL-mini language (encode, index, search, score)."""
+    units: dict[str, dict] = {}
+    for row in results.timings:
+        action, _, rest = row["step"].partition("-")
+        for side in ("queries-", "corpus-"):
+            rest = rest.removeprefix(side) if action == "encode" else rest
+        if action == "train":
+            kind, unit = "training", rest
+        elif "-miracl-mini-" in rest and action in ("encode", "index", "search", "score"):
+            kind, unit = "MIRACL-mini (system x language)", tuple(rest.split("-miracl-mini-"))
+        else:
+            bench = next((b for b in BENCHMARKS if rest.endswith(f"-{b}")), None)
+            if bench is None or action not in ("encode", "score", "compare"):
+                continue  # data preparation, batches: seconds at most
+            kind = (f"{BENCHMARKS[bench]} significance test" if action == "compare"
+                    else f"{BENCHMARKS[bench]} evaluation")
+            unit = rest.removesuffix(f"-{bench}")
+        units.setdefault(kind, {})
+        units[kind][unit] = units[kind].get(unit, 0.0) + row["seconds"]
+    return units
+
+
+def _expected_units(results: Results) -> dict[str, int]:
+    seeds = len(results.seeds)
+    extra_alphas = sum(1 for s in results.alpha_systems().values() if s.startswith("hybrid-a"))
+    expected = {"training": len(STRATEGIES) * seeds + extra_alphas}
+    for bench, label in BENCHMARKS.items():
+        expected[f"{label} evaluation"] = 1 + len(STRATEGIES) * seeds + (
+            extra_alphas if bench == "xquad-r" else 0)
+        expected[f"{label} significance test"] = 2 * seeds
+    expected["MIRACL-mini (system x language)"] = (1 + len(STRATEGIES)) * len(
+        results.config["miracl_langs"].split())
+    return expected
+
+
 def timing_table(results: Results) -> str:
+    """Measured wall time by kind of work, and the whole protocol projected from the median
+    unit of each kind."""
     if not results.timings:
         return "No timings recorded yet.\n"
-    totals: dict[tuple[str, str], float] = {}
-    for row in results.timings:
-        step = row["step"]
-        action = step.split("-", 1)[0]
-        bench = next((b for b in ("xquad-r", "mlqa-r", "miracl-mini") if b in step), "")
-        totals[(action, bench)] = totals.get((action, bench), 0.0) + row["seconds"]
-    rows = [[action, bench or "–", f"{seconds / 60:.1f}"]
-            for (action, bench), seconds in sorted(totals.items())]
-    rows.append(["**total**", "", f"**{sum(totals.values()) / 60:.1f}**"])
-    return _table(["command", "benchmark", "minutes"], rows)
+    units = _work_units(results)
+    rows, measured, projected, unknown = [], 0.0, 0.0, []
+    for kind, count in _expected_units(results).items():
+        seconds = list(units.get(kind, {}).values())
+        measured += sum(seconds)
+        if not seconds:
+            unknown.append(kind)
+            rows.append([kind, str(count), "0", "–", "–", "–"])
+            continue
+        median = statistics.median(seconds)
+        projected += median * count
+        rows.append([kind, str(count), str(len(seconds)), f"{sum(seconds) / 60:.1f}",
+                     f"{median / 60:.1f}", f"{median * count / 60:.0f}"])
+    rows.append(["**total**", "", "", f"**{measured / 60:.0f}**", "",
+                 f"**{projected / 60:.0f}**" + (" + unmeasured kinds" if unknown else "")])
+    return ("Measured: the wall time of every command `reproduce_paper.sh` ran (runs that "
+            "shared the machine with other jobs took longer). Projected: the median unit of "
+            "each kind times the number of units the protocol needs.\n\n"
+            + _table(["work", "units in the protocol", "units timed", "minutes measured",
+                      "median minutes per unit", "projected minutes, whole protocol"], rows))
 
 
 # ------------------------------------------------------------------------------------ report
@@ -514,7 +564,7 @@ def render_report(results: Results, paper: dict, figures: Path, figures_link: st
                                              f"({figures_link}/{name})\n\n"
                                              for caption, name in drawn.items())
                                      or "No figures yet.\n"))
-    parts.append("## Wall time per command\n\n" + timing_table(results))
+    parts.append("## Wall time\n\n" + timing_table(results))
     return "\n".join(parts)
 
 

@@ -152,3 +152,32 @@ def test_smoke_results_are_headed_as_such(results_tree, tmp_path):
     (smoke / "config.json").write_text(json.dumps(dict(config, smoke=1)))
     write_report(smoke, PAPER, tmp_path / "results.md")
     assert (tmp_path / "results.md").read_text().startswith("# SMOKE run — not results")
+
+
+def test_wall_time_groups_commands_into_units_and_projects_the_protocol(tmp_path):
+    from hbt_tools.report import DEFAULT_CONFIG, Results, timing_table
+
+    config = dict(DEFAULT_CONFIG, seeds="0 1", alphas="0 0.25 0.5 1", miracl_langs="de sw")
+    results = Results(tmp_path, config)
+    steps = {"prepare-pairs": 1, "batches-mono-s0": 1,
+             "train-mono-s0": 300, "train-cross-s0": 420, "train-hybrid-s0": 360,
+             # one XQuAD-R evaluation = both encodings + score: 60 + 100 + 20 = 180 s
+             "encode-queries-untrained-xquad-r": 60, "encode-corpus-untrained-xquad-r": 100,
+             "score-untrained-xquad-r": 20, "encode-queries-mono-s0-xquad-r": 50,
+             "encode-corpus-mono-s0-xquad-r": 150, "score-mono-s0-xquad-r": 40,  # 240 s
+             "compare-hybrid-s0-vs-mono-s0-xquad-r": 6,
+             # MIRACL-mini, untrained x de: 30 + 500 + 5 + 4 + 1 = 540 s
+             "encode-queries-untrained-miracl-mini-de": 30,
+             "encode-corpus-untrained-miracl-mini-de": 500, "index-untrained-miracl-mini-de": 5,
+             "search-untrained-miracl-mini-de": 4, "score-untrained-miracl-mini-de": 1}
+    results.timings = [{"step": step, "seconds": s} for step, s in steps.items()]
+    rows = {line.split(" | ")[0].strip("| *"): line.split(" | ")[1:]
+            for line in timing_table(results).splitlines() if line.startswith("|")}
+    # units: 3 strategies x 2 seeds + alpha 0.25 trainings; evaluations add the untrained
+    # model (and on XQuAD-R the alpha run); 4 systems x 2 MIRACL languages
+    assert rows["training"] == ["7", "3", "18.0", "6.0", "42 |"]
+    assert rows["XQuAD-R evaluation"] == ["8", "2", "7.0", "3.5", "28 |"]
+    assert rows["XQuAD-R significance test"] == ["4", "1", "0.1", "0.1", "0 |"]
+    assert rows["MLQA-R evaluation"] == ["7", "0", "–", "–", "– |"]
+    assert rows["MIRACL-mini (system x language)"] == ["8", "1", "9.0", "9.0", "72 |"]
+    assert rows["total"][-1] == "**142** + unmeasured kinds |"
