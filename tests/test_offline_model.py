@@ -79,7 +79,7 @@ def test_dequantize_q4_0_known_block():
     assert np.array_equal(out, (nibbles - 8) * 0.5)
 
 
-def test_unpacks_once_into_a_loadable_folder(tmp_path, monkeypatch):
+def test_unpacks_once_into_a_loadable_folder(tmp_path, monkeypatch, capsys):
     from safetensors.numpy import load_file
 
     from hbt_tools.models.encoder import load_biencoder
@@ -120,8 +120,11 @@ def test_unpacks_once_into_a_loadable_folder(tmp_path, monkeypatch):
     # a changed image (new size/mtime) gets a fresh folder
     monkeypatch.undo()
     os.utime(image, ns=(1, 1))
+    capsys.readouterr()
     again = offline.builtin_model_dir(str(image), str(cache))
     assert again != folder and len(os.listdir(cache)) == 2
+    # the older copy is named (for removal by hand), not deleted
+    assert "1 older unpacked copies" in capsys.readouterr().err and os.path.isdir(folder)
 
 
 def test_interrupted_unpack_leaves_nothing(tmp_path, monkeypatch):

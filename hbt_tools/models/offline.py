@@ -131,7 +131,22 @@ def builtin_model_dir(image: str | None = None, cache_dir: str | None = None) ->
             # Another process finished first; its folder is as good as ours.
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _mention_older_copies(cache_dir, target)
     return target
+
+
+def _mention_older_copies(cache_dir: str, current: str) -> None:
+    """Name the copies unpacked by other versions (about 0.5 GB each). They are not removed:
+    another installation of hbt-tools may still use one."""
+    older = sorted(os.path.join(cache_dir, name) for name in os.listdir(cache_dir)
+                   if name.startswith(f"{BUILTIN_NAME}-")
+                   and os.path.join(cache_dir, name) != current)
+    if older:
+        size = sum(entry.stat().st_size for folder in older for entry in os.scandir(folder)
+                   if entry.is_file())
+        sys.stderr.write(f"hbt-tools: {len(older)} older unpacked copies ({size / 2**30:.1f} "
+                         f"GiB) are no longer used by this version; if no other installation "
+                         f"needs them: rm -r {' '.join(older)}\n")
 
 
 # ---------------------------------------------------------------- reading the image
