@@ -15,7 +15,9 @@ from ..io import atomic_output, parse_langs, write_jsonl
 
 LANGS_HELP = "Comma-separated languages (file names {lang}.json[.gz]); default: all."
 ARTICLES_HELP = ("Python-style slice of each file's articles, e.g. 0:36 (train) or 36: (held-out "
-                 "eval); default: all.")
+                 "eval); default: all. XQuAD-R's files hold the same articles in the same order, "
+                 "so a slice is parallel across languages; MLQA-R's files do not (there a slice "
+                 "picks different articles per language).")
 
 
 def _subcommand(name: str, example: str):
