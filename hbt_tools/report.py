@@ -449,8 +449,10 @@ def alpha_table(results: Results) -> str:
 def _work_units(results: Results) -> dict[str, dict]:
     """Seconds of each unit of work in timings.jsonl, by kind: a training, one system's
     evaluation on a LAReQA benchmark (encode both sides + score), a significance test, one
-    system's MIRACL-mini language (encode, index, search, score)."""
+    system's MIRACL-mini language (encode, index, search, score). A unit counts once its last
+    command (train, score, compare) is there: one still running would look cheap."""
     units: dict[str, dict] = {}
+    finished: set = set()
     for row in results.timings:
         action, _, rest = row["step"].partition("-")
         for side in ("queries-", "corpus-"):
@@ -468,7 +470,10 @@ def _work_units(results: Results) -> dict[str, dict]:
             unit = rest.removesuffix(f"-{bench}")
         units.setdefault(kind, {})
         units[kind][unit] = units[kind].get(unit, 0.0) + row["seconds"]
-    return units
+        if action in ("train", "score", "compare"):
+            finished.add((kind, unit))
+    return {kind: {unit: seconds for unit, seconds in by_unit.items()
+                   if (kind, unit) in finished} for kind, by_unit in units.items()}
 
 
 def _expected_units(results: Results) -> dict[str, int]:
