@@ -162,11 +162,16 @@ def build_faiss_index(emb, rows: list[dict], settings: IndexSettings, path: str,
     return index
 
 
+def is_trec_word(text: str) -> bool:
+    """Whether ``text`` can be one field of a TREC run line: not empty, no whitespace (runs are
+    whitespace-separated) and no NUL (C readers such as trec_eval take it as the line's end)."""
+    return bool(text) and not _BAD_TREC_ID_CHAR.search(text)
+
+
 def check_trec_ids(rows: list[dict], path: str) -> None:
-    """TREC runs are whitespace-separated: an id holding whitespace (or NUL, which C readers
-    such as trec_eval take as the end of the line) cannot be written."""
+    """Every row's id must be a TREC word (:func:`is_trec_word`)."""
     for row_number, row in enumerate(rows):
-        if _BAD_TREC_ID_CHAR.search(row["id"]) or not row["id"]:
+        if not is_trec_word(row["id"]):
             raise InputError(f"row {row_number}: id {row['id']!r} is empty or holds whitespace "
                              "or NUL, which a TREC run cannot hold", path, field="id")
 

@@ -19,7 +19,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from .indexing import DenseIndex, check_trec_ids, load_index
+from .indexing import DenseIndex, check_trec_ids, is_trec_word, load_index
 from .io import InputError, atomic_output, load_embeddings, sidecar_path
 from .memory import keep_freed_memory
 
@@ -259,7 +259,7 @@ def _search_batches(searcher: Searcher, queries: np.ndarray, k: int,
 
 
 def check_tag(tag: str) -> None:
-    if not tag or any(c.isspace() or c == "\0" for c in tag):
+    if not is_trec_word(tag):
         raise InputError(f"run tag {tag!r} must be one word (no whitespace or NUL)", field="tag")
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from cli_contract import CommandContract, npy_cases
 from conftest import ROOT, run_cli
-from hbt_tools.indexing import IndexSettings, index_embeddings, load_index
-from hbt_tools.io import save_embeddings
-from hbt_tools.search import search_to_run
+from hbt_tools.indexing import IndexSettings, index_embeddings, is_trec_word, load_index
+from hbt_tools.io import InputError, save_embeddings
+from hbt_tools.search import check_tag, search_to_run
 from hbt_tools.trec import read_run
 
 LANGS = ["de", "en", "fr"]
@@ -349,3 +349,12 @@ def test_kill_9_while_writing_leaves_no_half_index(tmp_path):
     visible = [f for f in os.listdir(tmp_path) if not f.startswith(".")]
     assert sorted(visible) == ["big.ids.jsonl", "big.index", "big.npy", "small.ids.jsonl",
                                "small.npy"]
+
+
+def test_run_tags_and_ids_are_single_trec_words():
+    """NUL cannot come through argv, but the Python API takes any string."""
+    assert is_trec_word("run-1") and is_trec_word("ドキュメント#3")
+    assert not any(map(is_trec_word, ["", "a b", "a\tb", "a\u00a0b", "a\x00b"]))
+    for bad in ("", "a b", "a\x00b"):
+        with pytest.raises(InputError, match="one word"):
+            check_tag(bad)
