@@ -70,6 +70,16 @@ class Results:
         return self.config["seeds"].split()
 
     @property
+    def systems(self) -> list[str]:
+        """The models every LAReQA benchmark evaluates: untrained, then each strategy x seed."""
+        return ["untrained"] + [f"{s}-s{seed}" for seed in self.seeds for s in STRATEGIES]
+
+    @property
+    def miracl_systems(self) -> list[str]:
+        """MIRACL-mini evaluates one seed: untrained, then each strategy's first-seed run."""
+        return ["untrained"] + [f"{s}-s{self.first_seed}" for s in STRATEGIES]
+
+    @property
     def first_seed(self) -> str:
         return self.seeds[0]
 
@@ -157,7 +167,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def missing_results(results: Results) -> list[str]:
     """Expected outputs (from config.json) that are not there, grouped by what they are."""
     out = []
-    systems = ["untrained"] + [f"{s}-s{seed}" for seed in results.seeds for s in STRATEGIES]
+    systems = results.systems
     for bench, label in BENCHMARKS.items():
         absent = [s for s in systems if (s, bench) not in results.lareqa]
         if absent:
@@ -173,7 +183,7 @@ def missing_results(results: Results) -> list[str]:
     if absent:
         out.append(f"alpha sweep (XQuAD-R): {', '.join(absent)}")
     langs = results.config["miracl_langs"].split()
-    for system in ["untrained"] + [f"{s}-s{results.first_seed}" for s in STRATEGIES]:
+    for system in results.miracl_systems:
         absent = [lang for lang in langs if lang not in results.miracl.get(system, {})]
         if absent:
             out.append(f"MIRACL-mini {system}: " + (
@@ -276,7 +286,7 @@ def significance_table(results: Results) -> str:
 
 
 def miracl_tables(results: Results, paper: dict) -> str:
-    systems = ["untrained"] + [f"{s}-s{results.first_seed}" for s in STRATEGIES]
+    systems = results.miracl_systems
     present = [s for s in systems if results.miracl.get(s)]
     if not present:
         return "No MIRACL-mini results yet.\n"
@@ -455,8 +465,8 @@ def _work_units(results: Results) -> dict[str, dict]:
     finished: set = set()
     for row in results.timings:
         action, _, rest = row["step"].partition("-")
-        for side in ("queries-", "corpus-"):
-            rest = rest.removeprefix(side) if action == "encode" else rest
+        if action == "encode":
+            rest = rest.removeprefix("queries-").removeprefix("corpus-")
         if action == "train":
             kind, unit = "training", rest
         elif "-miracl-mini-" in rest and action in ("encode", "index", "search", "score"):
@@ -468,8 +478,8 @@ def _work_units(results: Results) -> dict[str, dict]:
             kind = (f"{BENCHMARKS[bench]} significance test" if action == "compare"
                     else f"{BENCHMARKS[bench]} evaluation")
             unit = rest.removesuffix(f"-{bench}")
-        units.setdefault(kind, {})
-        units[kind][unit] = units[kind].get(unit, 0.0) + row["seconds"]
+        by_unit = units.setdefault(kind, {})
+        by_unit[unit] = by_unit.get(unit, 0.0) + row["seconds"]
         if action in ("train", "score", "compare"):
             finished.add((kind, unit))
     return {kind: {unit: seconds for unit, seconds in by_unit.items()
@@ -477,14 +487,14 @@ def _work_units(results: Results) -> dict[str, dict]:
 
 
 def _expected_units(results: Results) -> dict[str, int]:
-    seeds = len(results.seeds)
+    """How many units of each kind the protocol in config.json needs."""
+    systems = len(results.systems)  # the untrained model and the trained ones
     extra_alphas = sum(1 for s in results.alpha_systems().values() if s.startswith("hybrid-a"))
-    expected = {"training": len(STRATEGIES) * seeds + extra_alphas}
+    expected = {"training": systems - 1 + extra_alphas}
     for bench, label in BENCHMARKS.items():
-        expected[f"{label} evaluation"] = 1 + len(STRATEGIES) * seeds + (
-            extra_alphas if bench == "xquad-r" else 0)
-        expected[f"{label} significance test"] = 2 * seeds
-    expected["MIRACL-mini (system x language)"] = (1 + len(STRATEGIES)) * len(
+        expected[f"{label} evaluation"] = systems + (extra_alphas if bench == "xquad-r" else 0)
+        expected[f"{label} significance test"] = 2 * len(results.seeds)
+    expected["MIRACL-mini (system x language)"] = len(results.miracl_systems) * len(
         results.config["miracl_langs"].split())
     return expected
 
