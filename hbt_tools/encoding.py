@@ -233,9 +233,11 @@ def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> li
 
 def embed_token_ids(biencoder, token_ids: list[list[int]], pad_id: int, batch_tokens: int,
                     batch_size: int, on_batch=None) -> np.ndarray:
-    """Embeddings (float32, input order) of already tokenized texts."""
+    """Embeddings (float32, input order) of already tokenized texts, computed on the device
+    the model is on."""
     import torch
 
+    device = next(biencoder.parameters()).device
     dim = biencoder.config.hidden_size
     out = np.empty((len(token_ids), dim), dtype=np.float32)
     lengths = [len(ids) for ids in token_ids]
@@ -247,17 +249,19 @@ def embed_token_ids(biencoder, token_ids: list[list[int]], pad_id: int, batch_to
             for j, r in enumerate(rows):
                 input_ids[j, :lengths[r]] = token_ids[r]
                 mask[j, :lengths[r]] = 1
-            emb = biencoder(torch.from_numpy(input_ids), torch.from_numpy(mask))
-            out[rows] = emb.float().numpy()
+            emb = biencoder(torch.from_numpy(input_ids).to(device),
+                            torch.from_numpy(mask).to(device))
+            out[rows] = emb.float().cpu().numpy()
             if on_batch is not None:
                 on_batch(int(mask.sum()))
     return out
 
 
-def prepare_model(biencoder, dtype):
-    """Eval mode, weights cast to ``dtype`` (bf16 on AMX / AVX512-BF16 CPUs)."""
+def prepare_model(biencoder, dtype, device="cpu"):
+    """Eval mode, weights cast to ``dtype`` (bf16 on AMX / AVX512-BF16 CPUs and Ampere+ GPUs)
+    on ``device``."""
     biencoder.eval()
-    biencoder.to(dtype)
+    biencoder.to(device=device, dtype=dtype)
     return biencoder
 
 
@@ -380,10 +384,12 @@ class EncodeSummary:
     seconds: float
     dtype: str
     output: str
+    device: str = "cpu"
 
 
 def encode_file(model: str, input_path, output: str, kind: str, *, fields: str | None = None,
-                template: str | None = None, dtype: str = "auto", batch_size: int = 256,
+                template: str | None = None, dtype: str = "auto", device: str = "auto",
+                batch_size: int = 256,
                 batch_tokens: int = 16384, chunk_rows: int = 8192, shard: str | None = None,
                 output_dtype: str = "float32", trust_remote_code: bool = False,
                 progress: bool = True, **settings_overrides) -> EncodeSummary:
@@ -412,13 +418,14 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     first_chunk = next(chunks)
 
     from .memory import keep_freed_memory
-    from .models.encoder import load_inference_biencoder, resolve_dtype
+    from .models.encoder import load_inference_biencoder, resolve_device, resolve_dtype
 
     keep_freed_memory()  # activations reuse freed blocks instead of page-faulting each op
-    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     biencoder, tokenizer = load_inference_biencoder(model, trust_remote_code=trust_remote_code,
                                                     **settings_overrides)
-    prepare_model(biencoder, torch_dtype)
+    prepare_model(biencoder, torch_dtype, torch_device)
     settings = biencoder.settings
     prefix, max_length = settings.prefix(kind), settings.max_length(kind)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -452,7 +459,8 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     finally:
         bar.close()
     return EncodeSummary(writer.rows, writer.dim, tokens, time.perf_counter() - start,
-                         str(torch_dtype).replace("torch.", ""), output)
+                         str(torch_dtype).replace("torch.", ""), output,
+                         str(next(biencoder.parameters()).device))
 
 
 def _check_finite(emb: np.ndarray, chunk: Chunk, path) -> None:

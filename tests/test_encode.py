@@ -104,6 +104,9 @@ class TestEncodeCommand(CommandContract):
         yield from model_cases(tmp_path, lambda model: ["--model", model, "--kind", "query", ok,
                                                         "-o", out])
         yield "bad shard", args + ["--shard", "3/3", ok], None, "field 'shard'"
+        yield "unknown device", args + ["--device", "tpu", ok], None, "field 'device'"
+        if not torch_sees_cuda():
+            yield "no CUDA here", args + ["--device", "cuda", ok], None, "sees no CUDA device"
         yield "bad template", args + ["--template", "{text.upper}", ok], None, "field 'template'"
         yield "bad fields", args + ["--fields", "text,a b", ok], None, "field 'fields'"
         yield ("stdout output", ["--model", self.model, "--kind", "query", ok, "-o", "-"], None,
@@ -138,6 +141,30 @@ class TestEncodeCommand(CommandContract):
         else:  # SIGTERM unwinds: temporary files removed too
             assert proc.returncode == 128 + signal.SIGTERM
             assert not left, left
+
+
+def torch_sees_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not torch_sees_cuda(), reason="needs a CUDA GPU (run on a GPU machine)")
+def test_cuda_embeddings_match_the_cpu(models_dir, tmp_path):
+    model = make_tiny_model(models_dir, "e5")
+    data = write_jsonl(tmp_path / "c.jsonl", make_rows(300, seed=3))
+    runs = {}
+    for name, device, dtype in (("cpu", "cpu", "fp32"), ("cuda", "cuda", "fp32"),
+                                ("cuda-bf16", "auto", "auto")):
+        summary = encode_file(model, data, str(tmp_path / f"{name}.npy"), "passage",
+                              device=device, dtype=dtype, progress=False)
+        runs[name] = (summary, load_embeddings(tmp_path / f"{name}.npy"))
+    assert runs["cpu"][0].device == "cpu"
+    assert runs["cuda"][0].device == runs["cuda-bf16"][0].device == "cuda:0"
+    assert runs["cuda-bf16"][0].dtype == "bfloat16"
+    assert runs["cuda"][1][1] == runs["cpu"][1][1]  # same ids, same order
+    np.testing.assert_allclose(runs["cuda"][1][0], runs["cpu"][1][0], atol=1e-4)
+    assert (runs["cuda-bf16"][1][0] * runs["cpu"][1][0]).sum(1).min() > 0.99
 
 
 def subprocess_cli(args):

@@ -46,10 +46,13 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
 @click.option("--chunk-size", type=int, default=8192, show_default=True,
               help="Rows read, sorted by length and encoded together (memory bound).")
 @click.option("--shard", default=None, metavar="I/N",
-              help="Encode only rows with index % N == I (0-based), e.g. 0/4 ... 3/4.")
+              help="Encode only rows with index % N == I (0-based), e.g. 0/4 ... 3/4; one "
+                   "process per GPU: CUDA_VISIBLE_DEVICES=I hbt-encode --shard I/N ...")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda or cuda:N; auto = the GPU where torch sees one, else the CPU.")
 def cli(input_path, model, kind, output, fields, template, pooling, query_prefix, passage_prefix,
         max_query_length, max_passage_length, max_length, dtype, output_dtype, batch_size,
-        batch_tokens, chunk_size, shard, trust_remote_code):
+        batch_tokens, chunk_size, shard, device, trust_remote_code):
     """Encode JSONL rows ({"id", "text", "lang", ...}) into embeddings with a bi-encoder.
 
     INPUT is a JSONL file ('-' or omitted = stdin). OUT.npy row i is line i of OUT.ids.jsonl.
@@ -66,13 +69,14 @@ def cli(input_path, model, kind, output, fields, template, pooling, query_prefix
             max_passage_length = max_length
     summary = encode_file(
         model, input_path, output, kind, fields=fields, template=template, dtype=dtype,
+        device=device,
         batch_size=batch_size, batch_tokens=batch_tokens, chunk_rows=chunk_size, shard=shard,
         output_dtype=output_dtype, trust_remote_code=trust_remote_code, pooling=pooling,
         query_prefix=query_prefix, passage_prefix=passage_prefix,
         max_query_length=max_query_length, max_passage_length=max_passage_length)
     rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
     click.echo(f"hbt-encode: {summary.rows} rows x {summary.dim} -> {summary.output} "
-               f"({summary.dtype}, {summary.tokens} tokens in {summary.seconds:.1f}s, "
+               f"({summary.dtype} on {summary.device}, {summary.tokens} tokens in {summary.seconds:.1f}s, "
                f"{rate:,.0f} tokens/s)", err=True)
 
 

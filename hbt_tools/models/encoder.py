@@ -186,6 +186,28 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` = the current CUDA device where torch sees one (pick a GPU per process with
+    CUDA_VISIBLE_DEVICES), else the CPU; or an explicit ``cpu``, ``cuda``, ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)", field="device")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"torch {torch.__version__} sees no CUDA device here "
+                             "(use --device cpu or auto)", field="device")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"no device {name!r}: torch sees {count} CUDA device(s)",
+                             field="device")
+    return device
+
+
 def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     """``auto`` = bf16 where the hardware does it fast (AMX / AVX512-BF16 CPUs, Ampere+ GPUs)."""
     if name == "fp32":
