@@ -55,7 +55,9 @@ def _positive(ctx, param, value):
               help="Validate every N steps (default: every --save-steps) and at the end.")
 @click.option("--chunk-size", type=int, callback=_positive,
               help="Gradient caching: encode at most N texts at a time (memory of N, same "
-                   "gradients as the whole batch).")
+                   "gradients as the whole batch). Each chunk is a forward pass more: on a GPU "
+                   "use the largest N that fits (H200, batch 512: N=256 took 1.6-1.9x plain "
+                   "time, N=32 4.5-6.4x).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cli(batches, model, output, max_steps, lr, weight_decay, temperature, warmup_steps, pooling,
         query_prefix, passage_prefix, max_query_length, max_passage_length, dtype, seed,
