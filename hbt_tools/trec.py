@@ -1,19 +1,21 @@
 """TREC qrels and run files: readers with file:line errors (runs are written by hbt_tools.search).
 
 qrels: ``qid ITER docid rel`` (whitespace or tabs; MIRACL's ``Q0`` accepted). Only rel >= 1 is
-relevant, but rel-0 rows are kept (they matter for nothing but trec_eval's judged counts).
+relevant, but rel-0 rows are kept (they matter for nothing but trec_eval's judged counts). A
+(qid, docid) judged twice with different grades keeps the last, with a warning.
 runs:  ``qid Q0 docid rank score tag``; 3-column ``qid docid score`` is accepted when reading.
 A run may not list one docid twice for one query (trec_eval refuses such runs too).
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .io import InputError, open_input
+from .io import InputError, display_name, open_input
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -33,8 +35,18 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
         grades = [_grade(token, path, int(line)) for token, line
                   in zip(tokens[3::4], line_numbers.tolist())]
     qrels: Qrels = {}
-    for qid, docid, grade in zip(tokens[0::4], tokens[2::4], grades):
-        qrels.setdefault(qid.decode(), {})[docid.decode()] = grade
+    conflicts = []  # (line, qid, docid, earlier grade, grade)
+    for i, (qid, docid, grade) in enumerate(zip(tokens[0::4], tokens[2::4], grades)):
+        judged = qrels.setdefault(qid.decode(), {})
+        doc = docid.decode()
+        if judged.get(doc, grade) != grade:
+            conflicts.append((int(line_numbers[i]), qid.decode(), doc, judged[doc], grade))
+        judged[doc] = grade
+    if conflicts:
+        line, qid, doc, earlier, grade = conflicts[0]
+        print(f"hbt-tools: warning: {display_name(path)}:{line}: {qid} {doc} judged again, "
+              f"relevance {grade} (was {earlier}); the last judgement counts "
+              f"({len(conflicts)} such line{'s' if len(conflicts) > 1 else ''})", file=sys.stderr)
     return qrels
 
 

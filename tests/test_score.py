@@ -100,6 +100,20 @@ def test_one_run_json(tmp_path):
                               "en": {"queries": 1, "metrics": out["per_query"]["q2"]}}
 
 
+def test_conflicting_judgements_warn_and_the_last_counts(tmp_path):
+    qrels, a, _ = files(tmp_path)
+    (tmp_path / "twice.trec").write_text(QRELS + "q1 0 a 0\nq2 0 x 1\nq1 0 a 0\n")
+    r = run_cli("hbt-score", "--qrels", str(tmp_path / "twice.trec"), "-m", "MAP", a)
+    assert r.returncode == 0, r.stderr.decode()
+    # line 6 re-judges (q1, a) 1 -> 0; line 7 repeats q2's grade (no conflict); line 8 is a
+    # second 0 after the first 0 (no conflict either)
+    assert (f"{tmp_path / 'twice.trec'}:6: q1 a judged again, relevance 0 (was 1); the last "
+            "judgement counts (1 such line)") in r.stderr.decode()
+    # q1's only relevant documents left: c (not retrieved) -> AP 0; q2: AP 1
+    assert json.loads(r.stdout)["metrics"]["MAP"] == 0.5
+    assert "judged again" not in run_cli("hbt-score", "--qrels", qrels, a).stderr.decode()
+
+
 def test_several_runs_and_table(tmp_path):
     qrels, a, b = files(tmp_path)
     out = score_json("--qrels", qrels, "-m", "mrr", a, b)
