@@ -42,6 +42,19 @@ class Chunks:
     def sizes(self) -> list[int]:
         return [len(part["input_ids"]) for part in self.parts]
 
+    def to(self, device: torch.device) -> "Chunks":
+        """These chunks on ``device``. Chunks are cut on the host: sorting rows and trimming
+        padding there costs no GPU synchronisation (on a GPU each trim would wait for the
+        device); the copies are then non-blocking, from pinned memory."""
+        if device.type != "cuda":
+            return self
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.pin_memory().to(device, non_blocking=True)
+
+        return Chunks([{k: move(v) for k, v in part.items()} for part in self.parts],
+                      move(self.inverse))
+
 
 def split_chunks(tokens: Tokens, chunk_size: int | None) -> Chunks:
     """Chunks of at most ``chunk_size`` rows (all rows when None), longest rows first, so

@@ -79,11 +79,9 @@ class Trainer:
                               enabled=self.autocast_dtype != torch.float32)
 
     def train_step(self, batch: TokenizedBatch) -> float:
-        queries = {k: v.to(self.ctx.device) for k, v in batch.queries.items()}
-        passages = {k: v.to(self.ctx.device) for k, v in batch.passages.items()}
-        size = self.config.chunk_size
-        query_chunks = split_chunks(queries, size)
-        passage_chunks = split_chunks(passages, size)
+        size, device = self.config.chunk_size, self.ctx.device
+        query_chunks = split_chunks(batch.queries, size).to(device)
+        passage_chunks = split_chunks(batch.passages, size).to(device)
         with self.autocast():
             if size:
                 loss = cached_step(self.biencoder, query_chunks, passage_chunks,
@@ -103,9 +101,8 @@ class Trainer:
         for batch in self.validation_batches:
             with self.autocast():
                 queries, passages = (
-                    encode_chunks(self.biencoder, split_chunks(
-                        {k: v.to(self.ctx.device) for k, v in tokens.items()},
-                        self.config.chunk_size))
+                    encode_chunks(self.biencoder,
+                                  split_chunks(tokens, self.config.chunk_size).to(self.ctx.device))
                     for tokens in (batch.queries, batch.passages))
                 total += float(self.global_batch_loss(queries, passages))
         self.biencoder.train()
