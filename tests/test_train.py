@@ -94,6 +94,20 @@ class TestContract(CommandContract):
                                              batches], None, "no checkpoint")
         yield ("stdin without --max-steps", ["--model", tiny(), "--output", out, "-"],
                (good + "\n").encode(), "--max-steps")
+        device_args = ["--model", tiny(), "--output", out, "--quiet", batches, "--device"]
+        yield "unknown device", device_args + ["tpu"], None, "field 'device'"
+        if not torch.cuda.is_available():
+            yield "no CUDA here", device_args + ["cuda"], None, "sees no CUDA device"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_numbered_gpu_is_refused_under_torchrun():
+    from hbt_tools.io import InputError
+    from hbt_tools.training.distributed import rank_device
+
+    assert rank_device("cuda", 0, 1) == rank_device("auto", 0, 1) == torch.device("cuda", 0)
+    with pytest.raises(InputError, match="LOCAL_RANK"):
+        rank_device("cuda:0", 0, 2)
 
 
 def test_log_schedule_and_final_model(tmp_path):
@@ -104,7 +118,7 @@ def test_log_schedule_and_final_model(tmp_path):
     out = tmp_path / "out"
     train_in_process("--model", tiny(), "--output", out, "--warmup-steps", 2, "--lr", 1e-3,
                      "--pooling", "cls", "--query-prefix", "q: ", "--max-passage-length", 32,
-                     "--save-steps", 0, "--quiet", path)
+                     "--save-steps", 0, "--device", "cpu", "--quiet", path)
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert [r["kind"] for r in log] == [b["kind"] for b in batches]

@@ -48,8 +48,6 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
 @click.option("--shard", default=None, metavar="I/N",
               help="Encode only rows with index % N == I (0-based), e.g. 0/4 ... 3/4; one "
                    "process per GPU: CUDA_VISIBLE_DEVICES=I hbt-encode --shard I/N ...")
-@click.option("--device", default="auto", show_default=True,
-              help="cpu, cuda or cuda:N; auto = the GPU where torch sees one, else the CPU.")
 def cli(input_path, model, kind, output, fields, template, pooling, query_prefix, passage_prefix,
         max_query_length, max_passage_length, max_length, dtype, output_dtype, batch_size,
         batch_tokens, chunk_size, shard, device, trust_remote_code):

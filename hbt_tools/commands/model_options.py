@@ -23,6 +23,9 @@ _OPTIONS = [
                  show_default=True,
                  help="Compute precision; auto = bf16 where the hardware is fast at it "
                       "(AMX / AVX512-BF16 CPUs, Ampere+ GPUs)."),
+    click.option("--device", default="auto", show_default=True,
+                 help="cpu, cuda or cuda:N; auto = the GPU where torch sees one, else the CPU "
+                      "(under torchrun each process takes cuda:LOCAL_RANK)."),
     click.option("--trust-remote-code", is_flag=True,
                  help="Allow Python code shipped with a hub model (off by default)."),
 ]

@@ -61,7 +61,8 @@ def _positive(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def cli(batches, model, output, max_steps, lr, weight_decay, temperature, warmup_steps, pooling,
         query_prefix, passage_prefix, max_query_length, max_passage_length, dtype, seed,
-        save_steps, resume, validation, eval_steps, chunk_size, trust_remote_code, quiet):
+        save_steps, resume, validation, eval_steps, chunk_size, device, trust_remote_code,
+        quiet):
     """Fine-tune a shared-weight bi-encoder on BATCHES (batches.jsonl, one step per line;
     '-' = stdin) with InfoNCE over every in-batch passage.
 
@@ -79,8 +80,8 @@ def cli(batches, model, output, max_steps, lr, weight_decay, temperature, warmup
         pooling=pooling, query_prefix=query_prefix, passage_prefix=passage_prefix,
         max_query_length=max_query_length, max_passage_length=max_passage_length, dtype=dtype,
         seed=seed, save_steps=save_steps, resume=resume, validation=validation,
-        eval_steps=eval_steps, chunk_size=chunk_size, trust_remote_code=trust_remote_code,
-        progress=not quiet)
+        eval_steps=eval_steps, chunk_size=chunk_size, device=device,
+        trust_remote_code=trust_remote_code, progress=not quiet)
     checked_lines = preflight(config)  # bad input fails here, before torch loads
 
     from ..training.trainer import train

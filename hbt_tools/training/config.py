@@ -22,6 +22,7 @@ class TrainConfig:
     max_query_length: int | None = None
     max_passage_length: int | None = None
     dtype: str = "auto"
+    device: str = "auto"              # auto: cuda:LOCAL_RANK where torch sees a GPU, else cpu
     seed: int = 42
     save_steps: int | None = 500      # None or 0: no intermediate checkpoints
     resume: bool = False

@@ -35,17 +35,14 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed() -> DistContext:
+def init_distributed(device_name: str = "auto") -> DistContext:
     """Single process, or the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK
-    (nccl on GPUs, gloo on CPUs). Also sets a sensible CPU thread count per process."""
+    (nccl on GPUs, gloo on CPUs), on ``device_name`` (see :func:`rank_device`). Also sets a
+    sensible CPU thread count per process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = rank_device(device_name, local_rank, world_size)
     if world_size > 1:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -53,6 +50,23 @@ def init_distributed() -> DistContext:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
     return DistContext(rank, world_size, local_rank, device)
+
+
+def rank_device(name: str, local_rank: int, world_size: int) -> torch.device:
+    """``auto``: this rank's GPU (cuda:LOCAL_RANK) where torch sees one, else the CPU; ``cpu``;
+    ``cuda`` = cuda:LOCAL_RANK; ``cuda:N`` in a single process only."""
+    from ..io import InputError
+    from ..models.encoder import resolve_device
+
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is not None and world_size > 1:
+        raise InputError(f"{name!r}: under torchrun each process uses cuda:LOCAL_RANK "
+                         "(give cuda or auto)", field="device")
+    device = torch.device("cuda", local_rank if device.index is None else device.index)
+    torch.cuda.set_device(device)
+    return device
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -284,7 +284,7 @@ def train(config: TrainConfig, checked_lines: int | None = None) -> dict:
     if checked_lines is None:
         checked_lines = preflight(config)
     keep_freed_memory()  # activations and gradients reuse freed blocks (memory.py)
-    ctx = init_distributed()
+    ctx = init_distributed(config.device)
     try:
         trainer = Trainer(config, ctx)
         trainer.setup(checked_lines)
