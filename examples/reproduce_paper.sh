@@ -9,17 +9,18 @@
 #          nDCG@10 / P@10 / Recall@100); paired randomization tests Hybrid vs each baseline;
 #          an alpha sweep (0 .25 .5 .75 1, one seed, XQuAD-R)
 #
-# Phases run most important first, so a partial run already answers the main question:
+# Phases run in the order PHASES lists them (default: most important first, so that a partial
+# run already answers the main question):
 #   1 data   2 untrained + first seed of each strategy on XQuAD-R (+ significance)
-#   3 the same four models on MLQA-R   4 the other seeds on XQuAD-R   5 alpha sweep
+#   4 the other seeds on XQuAD-R   5 alpha sweep   3 the first four models on MLQA-R
 #   6 the other seeds on MLQA-R   7 MIRACL-mini (the last two are the expensive ones)
 # Every result that already exists is skipped, so an interrupted run continues where it stopped
 # (training resumes from its last checkpoint). Each command's wall time is appended to
 # $RESULTS/timings.jsonl as {"step": ..., "seconds": ...}. Then: python examples/make_report.py
 #
-# Environment: RESULTS (default results/paper), STEPS (default 60), BATCH (default 32; the
+# Environment: RESULTS (default results/paper), STEPS (default 40), BATCH (default 32; the
 # paper's is 100, too slow on 2 CPU cores), SEEDS (default "0 1 2"), ALPHAS (default
-# "0 0.25 0.5 0.75 1"), MIRACL_LANGS (default: all 18), PHASES (default "1 2 3 4 5 6 7"),
+# "0 0.25 0.5 0.75 1"), MIRACL_LANGS (default: all 18), PHASES (default "1 2 4 5 3 6 7"),
 # MODEL (default multilingual-e5-small), TEMPERATURE (InfoNCE tau, default 0.01 = mE5's own), SHARED (default ../shared, holding data/),
 # LAREQA_FIELDS (candidate text for hbt-encode --fields: default lareqa = sentence + paragraph),
 # TRAIN_POSITIVE (hbt-prepare pairs --positive: default sentence+context, the candidates' text).
@@ -42,7 +43,7 @@ if [ "$smoke" = 1 ]; then
   train_positive="${TRAIN_POSITIVE:-sentence}"
 else
   results="${RESULTS:-results/paper}"
-  steps="${STEPS:-60}"; batch="${BATCH:-32}"; seeds="${SEEDS:-0 1 2}"
+  steps="${STEPS:-40}"; batch="${BATCH:-32}"; seeds="${SEEDS:-0 1 2}"
   alphas="${ALPHAS:-0 0.25 0.5 0.75 1}"
   miracl_langs="${MIRACL_LANGS:-ar bn de en es fa fi fr hi id ja ko ru sw te th yo zh}"
   train_articles=0:36; xquad_articles=36:48; mlqa_articles=0:; miracl_passages=
@@ -53,7 +54,7 @@ model="${MODEL:-multilingual-e5-small}"
 # mE5 was trained with temperature 0.01; at hbt-train's default 0.05, 40 hybrid steps cost
 # mono mAP (XQuAD-R 36:48: -0.021 vs untrained) where 0.01 gains (+0.023), measured 2026-11-25.
 temperature="${TEMPERATURE:-0.01}"
-phases="${PHASES:-1 2 3 4 5 6 7}"
+phases="${PHASES:-1 2 4 5 3 6 7}"
 first_seed="${seeds%% *}"
 warmup=$(( steps / 10 ))
 mkdir -p "$results"/{data,models,embeddings,scores,significance}
@@ -81,7 +82,6 @@ cat > "$results/config.json" <<EOF
  "commit": "$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
 EOF
 
-phase() { case " $phases " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------------------------------- data
 prepare_miracl() {  # prepare_miracl LANG
@@ -99,7 +99,7 @@ prepare_miracl() {  # prepare_miracl LANG
   fi
 }
 
-if phase 1; then
+phase_1() {
   log "phase 1: data"
   data="$results/data"
   [ -s "$data/pairs.jsonl" ] || timed prepare-pairs hbt-prepare pairs "$shared/data/xquad-r" \
@@ -112,7 +112,7 @@ if phase 1; then
   for lang in $miracl_langs; do
     [ -s "$data/miracl-mini/$lang/corpus.jsonl" ] || timed "prepare-miracl-mini-$lang" prepare_miracl "$lang"
   done
-fi
+}
 
 # ------------------------------------------------------------------------------------ training
 train() {  # train NAME STRATEGY ALPHA SEED: batches file, then hbt-train (resumes if cut short)
@@ -191,21 +191,21 @@ miracl() {  # miracl SYSTEM LANG: encode queries and passages, flat index, top 1
     "$emb/miracl-mini.$2.index"
 }
 
-if phase 2; then
+phase_2() {
   log "phase 2: untrained + seed $first_seed of each strategy on XQuAD-R"
   lareqa untrained xquad-r
   seed_systems "$first_seed" xquad-r
-fi
-if phase 3; then
+}
+phase_3() {
   log "phase 3: the same models on MLQA-R (zero-shot)"
   lareqa untrained mlqa-r
   seed_systems "$first_seed" mlqa-r
-fi
-if phase 4; then
+}
+phase_4() {
   log "phase 4: the other seeds ($seeds) on XQuAD-R"
   for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" xquad-r; done
-fi
-if phase 5; then
+}
+phase_5() {
   log "phase 5: alpha sweep ($alphas), seed $first_seed, XQuAD-R"
   for alpha in $alphas; do
     # Hybrid batches at alpha 0, 0.5 and 1 are byte for byte those of X-Y, Hybrid and X-X-mono
@@ -214,16 +214,19 @@ if phase 5; then
     train "hybrid-a$alpha-s$first_seed" hybrid "$alpha" "$first_seed"
     lareqa "hybrid-a$alpha-s$first_seed" xquad-r
   done
-fi
-if phase 6; then
+}
+phase_6() {
   log "phase 6: the other seeds ($seeds) on MLQA-R"
   for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" mlqa-r; done
-fi
-if phase 7; then
+}
+phase_7() {
   log "phase 7: MIRACL-mini ($miracl_langs)"
   for strategy in mono cross hybrid; do train "$strategy-s$first_seed" "$strategy" 0.5 "$first_seed"; done
   for system in untrained "mono-s$first_seed" "cross-s$first_seed" "hybrid-s$first_seed"; do
     for lang in $miracl_langs; do miracl "$system" "$lang"; done
   done
-fi
+}
+for p in $phases; do
+  case "$p" in [1-7]) "phase_$p" ;; *) echo "unknown phase '$p' (1-7)" >&2; exit 2 ;; esac
+done
 log "done: $results (report: python $here/make_report.py $results)"
