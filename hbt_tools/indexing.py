@@ -20,7 +20,6 @@ when complete, so INDEX is never a half-written index (``kill -9`` can leave a h
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,13 +29,13 @@ import numpy as np
 import orjson
 
 from .io import InputError, load_embeddings, sidecar_path
+from .trec import is_trec_word
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 FORMAT_NAME = "hbt-index"
 FORMAT_VERSION = 1
 META_FILE, FAISS_FILE, IDS_FILE = "meta.json", "index.faiss", "ids.jsonl"
 ADD_CHUNK_ROWS = 65536
-_BAD_TREC_ID_CHAR = re.compile(r"[\s\x00]")  # NUL too: run lines are assembled around it
 
 
 @dataclass
@@ -160,12 +159,6 @@ def build_faiss_index(emb, rows: list[dict], settings: IndexSettings, path: str,
             index.add(_finite_float32(emb, slice(start, stop), rows, path))
             bar.update(stop - start)
     return index
-
-
-def is_trec_word(text: str) -> bool:
-    """Whether ``text`` can be one field of a TREC run line: not empty, no whitespace (runs are
-    whitespace-separated) and no NUL (C readers such as trec_eval take it as the line's end)."""
-    return bool(text) and not _BAD_TREC_ID_CHAR.search(text)
 
 
 def check_trec_ids(rows: list[dict], path: str) -> None:

@@ -19,9 +19,10 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from .indexing import DenseIndex, check_trec_ids, is_trec_word, load_index
+from .indexing import DenseIndex, check_trec_ids, load_index
 from .io import InputError, atomic_output, load_embeddings, sidecar_path
 from .memory import keep_freed_memory
+from .trec import is_trec_word
 
 SCORE_DECIMALS = 6
 _SCALE = 10.0 ** SCORE_DECIMALS

@@ -9,6 +9,7 @@ A run may not list one docid twice for one query (trec_eval refuses such runs to
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Sequence
@@ -17,8 +18,15 @@ import numpy as np
 
 from .io import InputError, display_name, open_input
 
+_BAD_TREC_ID_CHAR = re.compile(r"[\s\x00]")  # NUL too: run lines are assembled around it
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
+
+
+def is_trec_word(text: str) -> bool:
+    """Whether ``text`` can be one field of a TREC run line: not empty, no whitespace (runs are
+    whitespace-separated) and no NUL (C readers such as trec_eval take it as the line's end)."""
+    return bool(text) and not _BAD_TREC_ID_CHAR.search(text)
 
 
 def read_qrels(path: str | os.PathLike) -> Qrels:

@@ -12,7 +12,8 @@ import pytest
 
 from cli_contract import CommandContract, npy_cases
 from conftest import ROOT, run_cli
-from hbt_tools.indexing import IndexSettings, index_embeddings, is_trec_word, load_index
+from hbt_tools.indexing import IndexSettings, index_embeddings, load_index
+from hbt_tools.trec import is_trec_word
 from hbt_tools.io import InputError, save_embeddings
 from hbt_tools.search import check_tag, search_to_run
 from hbt_tools.trec import read_run

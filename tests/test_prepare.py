@@ -113,6 +113,9 @@ class TestPrepareContract(CommandContract):
         def duplicate_id(doc):
             doc["data"][1]["paragraphs"][0]["qas"][0]["id"] = "q1"
 
+        def nul_in_id(doc):
+            doc["data"][1]["paragraphs"][0]["qas"][0]["id"] = "q\x00"
+
         def break_past_end(doc):
             doc["data"][1]["paragraphs"][0]["sentence_breaks"][1][1] = 999
 
@@ -125,6 +128,8 @@ class TestPrepareContract(CommandContract):
         yield lareqa_case("start", "en.json", with_en(string_start), "answer_start")
         yield lareqa_case("dup", "en.json", with_en(duplicate_id), "duplicate question id 'q1'")
         yield lareqa_case("breaks", "en.json", with_en(break_past_end), "sentence_breaks[1]")
+        yield lareqa_case("NUL id", "en.json", with_en(nul_in_id),
+                          "question id 'q\\x00' is empty or holds white space or NUL")
         yield lareqa_case("nojson", "notes.txt", b"hello", "no {lang}.json")
         yield ("articles", ["lareqa", good, "-o", out, "--articles", "1-2"], None, "--articles")
         yield ("no articles", ["lareqa", good, "-o", out, "--articles", "5:"], None,
@@ -154,6 +159,11 @@ class TestPrepareContract(CommandContract):
 
         yield miracl_case("no tab", "topics.tsv", b"1\tWhat?\n2 Who?\n", "topics.tsv:2")
         yield miracl_case("dup topic", "topics.tsv", b"1\tA?\n1\tB?\n", "duplicate query id")
+        yield miracl_case("NUL in a query id", "topics.tsv", b"1\x00\tA?\n2\tB?\n",
+                          "topics.tsv:1: field 'qid': query id '1\\x00' is empty or holds")
+        yield miracl_case("NUL in a docid", "corpus.jsonl",
+                          b'{"docid": "d1\\u0000", "title": "T", "text": "x"}\n',
+                          "corpus.jsonl:1: field 'docid': docid 'd1\\x00' holds white space or NUL")
         yield miracl_case("qrels qid", "qrels.tsv", b"1 Q0 d1 1\n9 Q0 d2 1\n",
                           "query '9' is judged here but missing from the topics")
         judged_topics = inputs / "judged-topics.tsv"

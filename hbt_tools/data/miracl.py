@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from ..io import InputError, decode_text, iter_jsonl, iter_lines
 from ..io import field as get_field
-from ..trec import read_qrels
+from ..trec import is_trec_word, read_qrels
 from .evalset import write_eval_files
 
 
@@ -32,9 +32,9 @@ def read_topics(path: str, lang: str) -> list[dict]:
         qid, text = qid.strip(), text.strip()
         if not tab:
             raise InputError("expected 'qid<TAB>text', found no tab", path, lineno)
-        if not qid or any(c.isspace() for c in qid):
-            raise InputError(f"query id {qid!r} is empty or holds white space", path, lineno,
-                             "qid")
+        if not is_trec_word(qid):
+            raise InputError(f"query id {qid!r} is empty or holds white space or NUL", path,
+                             lineno, "qid")
         if not text:
             raise InputError("empty", path, lineno, "text")
         if qid in seen:
@@ -74,8 +74,9 @@ def iter_corpus(paths: Iterable[str], lang: str, stats: CorpusStats | None = Non
             except (gzip.BadGzipFile, EOFError, zlib.error) as e:
                 raise InputError(f"not a valid gzip file ({e})", path, lineno + 1) from None
             docid = get_field(obj, "docid", str, path, lineno, nonempty=True)
-            if any(c.isspace() for c in docid):
-                raise InputError(f"docid {docid!r} holds white space", path, lineno, "docid")
+            if not is_trec_word(docid):
+                raise InputError(f"docid {docid!r} holds white space or NUL", path, lineno,
+                                 "docid")
             title = get_field(obj, "title", str, path, lineno, default="")
             text = get_field(obj, "text", str, path, lineno)
             if docid in judged:

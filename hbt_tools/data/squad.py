@@ -22,6 +22,7 @@ from typing import Iterator
 import orjson
 
 from ..io import InputError, open_input
+from ..trec import is_trec_word
 
 SUFFIXES = (".json.gz", ".json")
 
@@ -196,9 +197,9 @@ def _paragraph(obj, article_index: int, p_index: int, path: str, where: str,
 def _question(qa, context: str, spans, path: str, where: str) -> Question | None:
     qa = _expect(qa, dict, path, where)
     qid = _get(qa, "id", str, path, f"{where}.id")
-    if not qid or any(c.isspace() for c in qid):
-        raise InputError(f"question id {qid!r} is empty or holds white space", path, None,
-                         f"{where}.id")
+    if not is_trec_word(qid):
+        raise InputError(f"question id {qid!r} is empty or holds white space or NUL", path,
+                         None, f"{where}.id")
     text = _get(qa, "question", str, path, f"{where}.question")
     answers = _get(qa, "answers", list, path, f"{where}.answers")
     if not answers or qa.get("is_impossible") is True:
