@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 XQUAD_R = os.path.join(os.path.dirname(ROOT), "shared", "data", "xquad-r")   # SPEC: ../shared
@@ -40,21 +42,55 @@ def model_bench_dirs(args):
         yield folder, tmp, workdir
 
 
-# Child-process code: sentence-transformers' model with the folder's tokenizer.json as written,
-# so that it encodes the same tokens as hbt-tools. transformers 5's XLMRobertaTokenizer class
-# drops the folder's NFKC normalizer (full-width punctuation becomes <unk>).
-ST_MODEL_CODE = """
-from transformers import PreTrainedTokenizerFast
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Transformer, Pooling, Normalize
+def st_model(folder: str, max_length: int, model_kwargs: dict | None = None,
+             device: str = "cpu"):
+    """sentence-transformers' model (mean pooling, normalised) with the folder's tokenizer.json
+    as written, so that it encodes the same tokens as hbt-tools: transformers 5's
+    XLMRobertaTokenizer class drops the folder's NFKC normalizer (full-width punctuation becomes
+    <unk>). Works with sentence-transformers 6.0 (on the GPU machine) and 6.2."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedTokenizerFast
+    try:
+        from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
+                                                                        Transformer)
+    except ImportError:  # sentence-transformers < 6.2
+        from sentence_transformers.models import Normalize, Pooling, Transformer
 
-def st_model(folder, max_length, model_kwargs=None):
     transformer = Transformer(folder, max_seq_length=max_length, model_kwargs=model_kwargs)
-    transformer.processor = PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    setattr(transformer, "processor" if hasattr(transformer, "processor") else "tokenizer",
+            tokenizer)
     transformer.max_seq_length = max_length  # kept as the tokenizer's model_max_length
-    return SentenceTransformer(modules=[transformer, Pooling(
-        transformer.get_embedding_dimension(), "mean"), Normalize()], device="cpu")
+    dim = (transformer.get_embedding_dimension()
+           if hasattr(transformer, "get_embedding_dimension")
+           else transformer.get_word_embedding_dimension())
+    return SentenceTransformer(modules=[transformer, Pooling(dim, "mean"), Normalize()],
+                               device=device)
+
+
+# Child-process code that makes st_model() available (benchmarks run sentence-transformers in
+# child processes, timed whole).
+ST_MODEL_CODE = f"""
+import sys
+sys.path.insert(0, {os.path.join(ROOT, "benchmarks")!r})
+from common import st_model
 """
+
+
+def cosines(a, b):
+    """Row-wise cosine of two (rows, dim) arrays, in float64."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def candidate_texts(rows: list[dict], where: str) -> list[str]:
+    """hbt-encode's default texts (with the "passage: " prefix) of ``hbt-prepare lareqa``
+    candidate rows, by its own text recipe: answer sentence + paragraph."""
+    sys.path.insert(0, ROOT)
+    from hbt_tools.encoding import TextRecipe
+
+    recipe = TextRecipe.from_options("passage")
+    return ["passage: " + recipe.build(row, where, number) for number, row in enumerate(rows, 1)]
 
 
 def add_model_bench_arguments(parser, name: str) -> None:

@@ -33,12 +33,12 @@ import time
 
 import numpy as np
 
-from common import (ROOT, ST_MODEL_CODE, add_model_bench_arguments, model_bench_dirs,
+from common import (ROOT, ST_MODEL_CODE, add_model_bench_arguments, candidate_texts, cosines,
+                    model_bench_dirs,
                     print_targets, ratio, summary, target, timed_process, write_results)
 
 sys.path.insert(0, ROOT)
 MAX_LENGTH = 256
-PREFIX = "passage: "
 
 ST_PROCESS = ST_MODEL_CODE + """
 import sys, json, numpy as np, torch
@@ -67,11 +67,9 @@ def prepare_inputs(xquad_r: str, workdir: str, n_passages: int, articles: str,
     texts = os.path.join(workdir, f"passages-{n_passages}.texts.jsonl")
     with open(passages, "w", encoding="utf-8") as rows_out, \
             open(texts, "w", encoding="utf-8") as texts_out:
-        for row in sample:
+        for row, text in zip(sample, candidate_texts(sample, passages)):
             rows_out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            # hbt-encode's default text for a LAReQA candidate: prefix + "text context"
-            texts_out.write(json.dumps(PREFIX + " ".join(
-                v for v in (row["text"], row.get("context")) if v), ensure_ascii=False) + "\n")
+            texts_out.write(json.dumps(text, ensure_ascii=False) + "\n")
     return {"passages": passages, "texts": texts, "subset": subset}
 
 
@@ -118,11 +116,6 @@ def bf16_matmul_rate(seconds: float = 3.0) -> dict:
             best = min(best, time.perf_counter() - start)
         rates[name] = 2 * m * k * n / best / 1e9
     return {"gflops": max(rates.values()), "by_shape": rates}
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def lareqa_map(workdir: str, subset: str, dtype_args: list[str], name: str) -> dict:

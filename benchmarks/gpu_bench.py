@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, XQUAD_R, summary, write_results
+from common import ROOT, XQUAD_R, candidate_texts, cosines, st_model, summary, write_results
 
 sys.path.insert(0, ROOT)
 XLMR_BASE = {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072,
@@ -99,28 +99,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def candidate_texts(corpus: str) -> list[str]:
-    """hbt-encode's text for a LAReQA candidate: prefix + "sentence paragraph"."""
-    with open(corpus, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
-    return ["passage: " + " ".join(v for v in (r["text"], r.get("context")) if v) for r in rows]
-
-
 def bench_encode(folder: str, corpus: str, device: str, repeats: int, work: str) -> dict:
     """hbt-tools vs sentence-transformers on ``corpus``, in process, model loaded once each."""
     import torch
-    from sentence_transformers import SentenceTransformer
-    try:
-        from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
-                                                                        Transformer)
-    except ImportError:  # sentence-transformers < 6.2
-        from sentence_transformers.models import Normalize, Pooling, Transformer
-    from transformers import PreTrainedTokenizerFast
 
     from hbt_tools.encoding import encode_file
     from hbt_tools.io import load_embeddings
 
-    texts = candidate_texts(corpus)
+    with open(corpus, encoding="utf-8") as fh:
+        texts = candidate_texts([json.loads(line) for line in fh], corpus)
     times: dict[str, list[float]] = {}
     tokens = 0
     embeddings = {}
@@ -135,23 +122,9 @@ def bench_encode(folder: str, corpus: str, device: str, repeats: int, work: str)
         tokens = result.tokens
         embeddings[name] = load_embeddings(out)[0]
 
-    def st_model(dtype):
-        transformer = Transformer(folder, max_seq_length=256,
-                                  model_kwargs={"dtype": dtype} if dtype else None)
-        # the folder's tokenizer.json as written (see common.ST_MODEL_CODE)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-        setattr(transformer, "processor" if hasattr(transformer, "processor") else "tokenizer",
-                tokenizer)
-        transformer.max_seq_length = 256
-        dim = (transformer.get_embedding_dimension()
-               if hasattr(transformer, "get_embedding_dimension")
-               else transformer.get_word_embedding_dimension())
-        return SentenceTransformer(modules=[transformer, Pooling(dim, "mean"), Normalize()],
-                                   device=device)
-
     # its defaults (fp32, batch 32), and the model in bf16 at a GPU-sized batch
     for label, dtype, batch_size in (("fp32", None, 32), ("bf16", torch.bfloat16, 128)):
-        model = st_model(dtype)
+        model = st_model(folder, 256, {"dtype": dtype} if dtype else None, device)
         name = f"sentence-transformers {label}, batch {batch_size}"
         for _ in range(repeats + 1):
             sync(device)
@@ -169,10 +142,6 @@ def bench_encode(folder: str, corpus: str, device: str, repeats: int, work: str)
     cosine = {name: float(cosines(e.astype(np.float64) - centre, reference - centre).mean())
               for name, e in embeddings.items()}
     return {"texts": len(texts), "tokens": tokens, "times": times, "cosine_to_st_fp32": cosine}
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def bench_train(folder: str, pairs: str, device: str, steps: int, sizes: list[int],

@@ -82,7 +82,6 @@ cat > "$results/config.json" <<EOF
  "commit": "$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"}
 EOF
 
-
 # ---------------------------------------------------------------------------------------- data
 prepare_miracl() {  # prepare_miracl LANG
   local d="$shared/data/miracl-mini" corpus="$shared/data/miracl-mini/corpus.$1.jsonl"
