@@ -150,7 +150,7 @@ def test_rank_distance_is_at_least_relevant_minus_one(n_langs, n_groups, distrac
 def test_vectorised_score_formatting_is_printf(values, seed):
     """hbt-search's run scores equal Python's (= printf's) ``%.6f`` of the float32 score,
     including halves at the 7th decimal, -0.000000, and scores of any magnitude."""
-    from hbt_tools.search import format_scores
+    from hbt_tools.search import score_byte_matrix
 
     rng = np.random.default_rng(seed)
     # odd m / 128 (e.g. 0.0078125) is exactly halfway between two 6-decimal numbers
@@ -158,7 +158,8 @@ def test_vectorised_score_formatting_is_printf(values, seed):
     scores = np.array(values + halves.tolist() + [0.0, -0.0, -1e-9, 0.0078125, 0.0234375],
                       dtype=np.float32)
     assert f"{np.float32(0.0078125):.6f}" == "0.007812"  # half to even: a real tie case
-    assert format_scores(scores).tolist() == [f"{s:.6f}".encode() for s in scores.tolist()]
+    printed = [row[row != 0].tobytes() for row in score_byte_matrix(scores)]
+    assert printed == [f"{s:.6f}".encode() for s in scores.tolist()]
 
 
 @settings(max_examples=200, deadline=None)
@@ -167,7 +168,7 @@ def test_run_block_equals_lines_written_one_by_one(seed, queries, k):
     """format_run_block (one byte matrix, NULs dropped) against f-strings line by line: ids of
     mixed widths and scripts, missing hits (label -1), ranks of several digits, scores of any
     sign and width."""
-    from hbt_tools.search import encoded_docids, format_run_block
+    from hbt_tools.search import docid_byte_matrix, format_run_block
 
     rng = np.random.default_rng(seed)
     words = ["d", "doc-7#3", "ドキュメント", "x" * 40, "αβγ", "12345678901234"]
@@ -180,4 +181,4 @@ def test_run_block_equals_lines_written_one_by_one(seed, queries, k):
     expected = "".join(
         f"{qids[q]} Q0 {docids[labels[q, r]]} {r + 1} {scores[q, r]:.6f} tag\n"
         for q in range(queries) for r in range(k) if labels[q, r] >= 0).encode()
-    assert format_run_block(qids, scores, labels, encoded_docids(docids), "tag") == expected
+    assert format_run_block(qids, scores, labels, docid_byte_matrix(docids), "tag") == expected
