@@ -16,7 +16,9 @@
 #   6 the other seeds on MLQA-R   7 MIRACL-mini (the last two are the expensive ones)
 # Every result that already exists is skipped, so an interrupted run continues where it stopped
 # (training resumes from its last checkpoint). Each command's wall time is appended to
-# $RESULTS/timings.jsonl as {"step": ..., "seconds": ...}. Then: python examples/make_report.py
+# $RESULTS/timings.jsonl as {"step": ..., "seconds": ..., "cpu_seconds": ...} (CPU time, user +
+# system: what the command cost even when other jobs shared the machine or the run was paused).
+# Then: python examples/make_report.py
 #
 # Environment: RESULTS (default results/paper), STEPS (default 40), BATCH (default 32; the
 # paper's is 100, too slow on 2 CPU cores), SEEDS (default "0 1 2"), ALPHAS (default
@@ -61,15 +63,28 @@ mkdir -p "$results"/{data,models,embeddings,scores,significance}
 
 log() { echo "== $*" >&2; }
 
-timed() {  # timed STEP COMMAND...: run it, append {"step", "seconds"} to timings.jsonl
-  local step="$1" started ended
+children_cpu() {  # children_cpu VAR: VAR = "USER SYSTEM" CPU time of this shell's finished children
+  # The builtin in this shell, no $(...): a subshell would report its own (zero) children.
+  times > "$results/.times"
+  { read -r _; read -r "$1"; } < "$results/.times"
+}
+
+timed() {  # timed STEP COMMAND...: run it, append {"step", "seconds", "cpu_seconds"} to timings.jsonl
+  local step="$1" started ended cpu_before cpu_after
   shift
+  children_cpu cpu_before
   started=$(date +%s.%N)
   "$@"
   ended=$(date +%s.%N)
-  printf '{"step": "%s", "seconds": %s}\n' "$step" \
-    "$(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.2f", b - a }')" \
-    >> "$results/timings.jsonl"
+  children_cpu cpu_after
+  awk -v step="$step" -v a="$started" -v b="$ended" -v before="$cpu_before" -v after="$cpu_after" '
+    function seconds(times,   t, i, total) {  # "0m1.250s 0m0.100s" -> 1.35
+      split(times, t, /[ ms]+/)
+      for (i = 1; i <= 4; i++) total += (i % 2 ? 60 : 1) * t[i]
+      return total
+    }
+    BEGIN { printf "{\"step\": \"%s\", \"seconds\": %.2f, \"cpu_seconds\": %.2f}\n", step, b - a,
+            seconds(after) - seconds(before) }' >> "$results/timings.jsonl"
 }
 
 # The run's settings, for the report (rewritten each time: the latest invocation's).

@@ -3,7 +3,7 @@
 Reads a results tree::
 
     config.json                        the run's settings (steps, batch, seeds, alphas, ...)
-    timings.jsonl                      {"step", "seconds"} per command
+    timings.jsonl                      {"step", "seconds", "cpu_seconds"} per command
     scores/SYSTEM/{xquad-r,mlqa-r}.json        hbt-score --protocol lareqa
     scores/SYSTEM/miracl-mini.LANG.json        hbt-score -m ndcg@10 -m p@10 -m recall@100
     significance/BENCH/HYBRID-vs-BASELINE.json hbt-score --protocol lareqa --compare
@@ -457,10 +457,11 @@ def alpha_table(results: Results) -> str:
 
 
 def _work_units(results: Results) -> dict[str, dict]:
-    """Seconds of each unit of work in timings.jsonl, by kind: a training, one system's
-    evaluation on a LAReQA benchmark (encode both sides + score), a significance test, one
-    system's MIRACL-mini language (encode, index, search, score). A unit counts once its last
-    command (train, score, compare) is there: one still running would look cheap."""
+    """``(wall seconds, CPU seconds or None)`` of each unit of work in timings.jsonl, by kind: a
+    training, one system's evaluation on a LAReQA benchmark (encode both sides + score), a
+    significance test, one system's MIRACL-mini language (encode, index, search, score). A unit
+    counts once its last command (train, score, compare) is there: one still running would look
+    cheap. CPU seconds (recorded since 2026-11-26) are None unless every command has them."""
     units: dict[str, dict] = {}
     finished: set = set()
     for row in results.timings:
@@ -479,10 +480,13 @@ def _work_units(results: Results) -> dict[str, dict]:
                     else f"{BENCHMARKS[bench]} evaluation")
             unit = rest.removesuffix(f"-{bench}")
         by_unit = units.setdefault(kind, {})
-        by_unit[unit] = by_unit.get(unit, 0.0) + row["seconds"]
+        wall, cpu = by_unit.get(unit, (0.0, 0.0))
+        row_cpu = row.get("cpu_seconds")
+        by_unit[unit] = (wall + row["seconds"],
+                         None if cpu is None or row_cpu is None else cpu + row_cpu)
         if action in ("train", "score", "compare"):
             finished.add((kind, unit))
-    return {kind: {unit: seconds for unit, seconds in by_unit.items()
+    return {kind: {unit: times for unit, times in by_unit.items()
                    if (kind, unit) in finished} for kind, by_unit in units.items()}
 
 
@@ -501,29 +505,35 @@ def _expected_units(results: Results) -> dict[str, int]:
 
 def timing_table(results: Results) -> str:
     """Measured wall time by kind of work, and the whole protocol projected from the median
-    unit of each kind."""
+    unit of each kind; CPU time where it was recorded."""
     if not results.timings:
         return "No timings recorded yet.\n"
     units = _work_units(results)
     rows, measured, projected, unknown = [], 0.0, 0.0, []
     for kind, count in _expected_units(results).items():
-        seconds = list(units.get(kind, {}).values())
+        times = list(units.get(kind, {}).values())
+        seconds = [wall for wall, _ in times]
+        cpu = [cpu for _, cpu in times if cpu is not None]
+        cpu_text = f"{sum(cpu) / 60:.1f} ({len(cpu)})" if cpu else "–"
         measured += sum(seconds)
         if not seconds:
             unknown.append(kind)
-            rows.append([kind, str(count), "0", "–", "–", "–"])
+            rows.append([kind, str(count), "0", "–", cpu_text, "–", "–"])
             continue
         median = statistics.median(seconds)
         projected += median * count
-        rows.append([kind, str(count), str(len(seconds)), f"{sum(seconds) / 60:.1f}",
+        rows.append([kind, str(count), str(len(seconds)), f"{sum(seconds) / 60:.1f}", cpu_text,
                      f"{median / 60:.1f}", f"{median * count / 60:.0f}"])
-    rows.append(["**total**", "", "", f"**{measured / 60:.0f}**", "",
+    rows.append(["**total**", "", "", f"**{measured / 60:.0f}**", "", "",
                  f"**{projected / 60:.0f}**" + (" + unmeasured kinds" if unknown else "")])
     return ("Measured: the wall time of every command `reproduce_paper.sh` ran (runs that "
-            "shared the machine with other jobs took longer). Projected: the median unit of "
-            "each kind times the number of units the protocol needs.\n\n"
+            "shared the machine with other jobs, or were paused, took longer), and where it "
+            "was recorded, the CPU time (user + system; on 2 cores an unshared command takes "
+            "about half its CPU time in wall time). Projected: the median unit of each kind "
+            "times the number of units the protocol needs.\n\n"
             + _table(["work", "units in the protocol", "units timed", "minutes measured",
-                      "median minutes per unit", "projected minutes, whole protocol"], rows))
+                      "CPU minutes measured (units)", "median minutes per unit",
+                      "projected minutes, whole protocol"], rows))
 
 
 # ------------------------------------------------------------------------------------ report
