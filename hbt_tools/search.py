@@ -219,21 +219,22 @@ def _byte_matrix(strings) -> np.ndarray:
 
 
 def format_run_block(qids: list[str], scores: np.ndarray, labels: np.ndarray,
-                     docid_bytes: np.ndarray, tag: str) -> bytes:
+                     docids: np.ndarray, tag: str) -> bytes:
     """TREC run lines ``qid Q0 docid rank score tag`` for a batch of queries, as one bytes block.
 
     Row i of ``scores``/``labels`` holds query i's hits in rank order (label -1 = none);
-    ``docid_bytes`` holds the docids' UTF-8 bytes, one NUL-padded row per label
-    (:func:`docid_byte_matrix`). Each field of every line is written into a column block of one
-    byte matrix; dropping the NULs leaves the lines (ids and tags hold no NUL:
-    :func:`hbt_tools.indexing.check_trec_ids`, :func:`check_tag`).
+    ``docids`` holds the docids' UTF-8 bytes by label (:func:`docid_table`). Each field of
+    every line is written into a column block of one byte matrix; dropping the NULs leaves the
+    lines (ids and tags hold no NUL: :func:`hbt_tools.indexing.check_trec_ids`,
+    :func:`check_tag`).
     """
     found = labels >= 0
     query_rows, ranks = np.nonzero(found)  # row-major: query by query, in rank order
     lines = len(query_rows)
+    hit_docids = docids[labels[found]]
     fields = [
         _byte_matrix([f"{qid} Q0 ".encode() for qid in qids])[query_rows],
-        docid_bytes[labels[found]],
+        hit_docids if hit_docids.dtype == np.uint8 else _byte_matrix(hit_docids),
         _byte_matrix([f" {rank} ".encode() for rank in range(1, labels.shape[1] + 1)])[ranks],
         score_byte_matrix(scores[found]),
         np.broadcast_to(np.frombuffer(f" {tag}\n".encode(), np.uint8), (lines, len(tag) + 2))]
@@ -241,10 +242,19 @@ def format_run_block(qids: list[str], scores: np.ndarray, labels: np.ndarray,
     return matrix[matrix != 0].tobytes()
 
 
-def docid_byte_matrix(docids: np.ndarray) -> np.ndarray:
-    """The docids' UTF-8 bytes, one NUL-padded row per docid (made once per search: a row
-    lookup per hit is ~6x faster than converting Python bytes objects)."""
-    return _byte_matrix([docid.encode("utf-8") for docid in docids.tolist()])
+_DOCID_MATRIX_BYTES = 2 ** 30
+
+
+def docid_table(docids: np.ndarray, max_matrix_bytes: int = _DOCID_MATRIX_BYTES) -> np.ndarray:
+    """The docids' UTF-8 bytes for :func:`format_run_block`, made once per search: one
+    NUL-padded uint8 row per docid (a row lookup per hit is ~6x faster than converting Python
+    bytes objects), or, where that matrix would pass ``max_matrix_bytes`` (many long ids), an
+    object array of bytes converted per batch."""
+    encoded = [docid.encode("utf-8") for docid in docids.tolist()]
+    width = max(map(len, encoded), default=1)
+    if len(encoded) * width <= max_matrix_bytes:
+        return _byte_matrix(encoded)
+    return np.array(encoded, dtype=object)
 
 
 def _search_batches(searcher: Searcher, queries: np.ndarray, k: int,
@@ -307,12 +317,12 @@ def write_search_run(searcher: Searcher, queries: np.ndarray, qids: list[str], o
     from tqdm import tqdm
 
     written = 0
-    docid_bytes = docid_byte_matrix(searcher.docids)
+    docids = docid_table(searcher.docids)
     with tqdm(total=len(qids), desc="hbt-search", unit=" queries",
               disable=None if progress else True, leave=False) as bar:
         for start, scores, labels in _search_batches(searcher, queries, k, batch_size):
             out.write(format_run_block(qids[start:start + len(scores)], scores, labels,
-                                       docid_bytes, tag))
+                                       docids, tag))
             written += int((labels >= 0).sum())
             bar.update(len(scores))
     return written

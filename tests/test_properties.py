@@ -163,12 +163,12 @@ def test_vectorised_score_formatting_is_printf(values, seed):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 120))
-def test_run_block_equals_lines_written_one_by_one(seed, queries, k):
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 120), st.booleans())
+def test_run_block_equals_lines_written_one_by_one(seed, queries, k, docid_matrix):
     """format_run_block (one byte matrix, NULs dropped) against f-strings line by line: ids of
     mixed widths and scripts, missing hits (label -1), ranks of several digits, scores of any
     sign and width."""
-    from hbt_tools.search import docid_byte_matrix, format_run_block
+    from hbt_tools.search import docid_table, format_run_block
 
     rng = np.random.default_rng(seed)
     words = ["d", "doc-7#3", "ドキュメント", "x" * 40, "αβγ", "12345678901234"]
@@ -181,4 +181,7 @@ def test_run_block_equals_lines_written_one_by_one(seed, queries, k):
     expected = "".join(
         f"{qids[q]} Q0 {docids[labels[q, r]]} {r + 1} {scores[q, r]:.6f} tag\n"
         for q in range(queries) for r in range(k) if labels[q, r] >= 0).encode()
-    assert format_run_block(qids, scores, labels, docid_byte_matrix(docids), "tag") == expected
+    # docids as one byte matrix, or (many long ids) as bytes objects converted per batch
+    table = docid_table(docids, max_matrix_bytes=2**20 if docid_matrix else 0)
+    assert table.dtype == (np.uint8 if docid_matrix else object)
+    assert format_run_block(qids, scores, labels, table, "tag") == expected
