@@ -353,7 +353,7 @@ def _yes(flag: bool) -> str:
 
 def ordering_claims(results: Results, paper: dict) -> list[Claim]:
     """'Hybrid is at least as good as each baseline' on every headline number, in the paper
-    (each of its models) and in our runs (means over seeds; p-value of the first seed's test)."""
+    (each of its models) and in our runs (means over seeds; the p-value of each seed's test)."""
     claims = []
     for bench, bench_label in BENCHMARKS.items():
         for metric in (*LAREQA_MAP, RANK_DISTANCE):
@@ -370,13 +370,15 @@ def ordering_claims(results: Results, paper: dict) -> list[Claim]:
                 ours_base = mean_std(seed_values(results, baseline, bench, metric.path))[0]
                 ours = (None if ours_hybrid is None or ours_base is None
                         else _holds(ours_hybrid, ours_base, metric.higher_is_better))
-                test = _get(results.significance.get(
-                    (bench, f"hybrid-s{results.first_seed}",
-                     f"{baseline}-s{results.first_seed}"), {}), metric.path)
+                tests = {seed: _get(results.significance.get(
+                    (bench, f"hybrid-s{seed}", f"{baseline}-s{seed}"), {}), metric.path)
+                    for seed in results.seeds}
+                tests = {seed: test for seed, test in tests.items() if test}
+                p_values = ", ".join(f"{test['p_value']:.4f}" for test in tests.values())
                 detail = (f"ours {_number(ours_hybrid, metric.decimals)} vs "
                           f"{_number(ours_base, metric.decimals)}"
-                          + (f", p={test['p_value']:.4f} (seed {results.first_seed})"
-                             if test else ""))
+                          + (f", p={p_values} (seed{'s' if len(tests) > 1 else ''} "
+                             f"{', '.join(tests)})" if tests else ""))
                 claims.append(Claim(text, paper_holds, ours, detail))
     systems = {s: f"{s}-s{results.first_seed}" for s in STRATEGIES}
     for key, label in (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100")):

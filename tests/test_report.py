@@ -107,6 +107,8 @@ def test_report_renders_numbers_figures_and_missing_pieces(results_tree, tmp_pat
     p = json.loads((results_tree / "significance" / "xquad-r" /
                     "hybrid-s0-vs-mono-s0.json").read_text())["mono"]["map"]["p_value"]
     assert f"p={p:.4f}" in text
+    # the agreement table lists the p-value of every seed that has a test (here seed 0 only)
+    assert f"p={p:.4f} (seed 0) |" in text
     figures = sorted(f.name for f in (out.parent / "figures").iterdir())
     assert figures == ["alpha-sweep.png", "heatmap-xquad-r-cross-s0.png", "heatmap-xquad-r-hybrid-s0.png",
                        "heatmap-xquad-r-mono-s0.png", "loss-curves.png"]
