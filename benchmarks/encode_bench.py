@@ -34,8 +34,8 @@ import time
 import numpy as np
 
 from common import (ROOT, ST_MODEL_CODE, add_model_bench_arguments, candidate_texts, cosines,
-                    model_bench_dirs,
-                    print_targets, ratio, summary, target, timed_process, write_results)
+                    model_bench_dirs, print_targets, ratio, summary, target, timed_process,
+                    write_results)
 
 sys.path.insert(0, ROOT)
 MAX_LENGTH = 256
