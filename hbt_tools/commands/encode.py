@@ -68,8 +68,8 @@ def cli(input_path, model, kind, output, fields, template, pooling, query_prefix
     summary = encode_file(
         model, input_path, output, kind, fields=fields, template=template, dtype=dtype,
         device=device, batch_size=batch_size, batch_tokens=batch_tokens, chunk_rows=chunk_size,
-        shard=shard, output_dtype=output_dtype, trust_remote_code=trust_remote_code, pooling=pooling,
-        query_prefix=query_prefix, passage_prefix=passage_prefix,
+        shard=shard, output_dtype=output_dtype, trust_remote_code=trust_remote_code,
+        pooling=pooling, query_prefix=query_prefix, passage_prefix=passage_prefix,
         max_query_length=max_query_length, max_passage_length=max_passage_length)
     rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
     click.echo(f"hbt-encode: {summary.rows} rows x {summary.dim} -> {summary.output} "
