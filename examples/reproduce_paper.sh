@@ -173,6 +173,21 @@ significance() {  # significance BASELINE HYBRID BENCH: paired randomization tes
     --queries "$b.queries.npy" --corpus "$b.corpus.npy" -o "$out"
 }
 
+pooled_significance() {  # pooled_significance BASELINE BENCH: Hybrid vs BASELINE over all seeds
+  # One test stratified by seed (sign flips per seed and query) of the mean over seeds.
+  local tag="s${seeds// /+}" args=() seed system
+  local out="$results/significance/$2/hybrid-$tag-vs-$1-$tag.json"
+  [ -s "$out" ] || [ "$tag" = "s$first_seed" ] && return 0
+  for seed in $seeds; do
+    for system in "$1-s$seed" "hybrid-s$seed"; do
+      args+=(--queries "$results/embeddings/$system/$2.queries.npy"
+             --corpus "$results/embeddings/$system/$2.corpus.npy")
+    done
+  done
+  timed "compare-hybrid-$tag-vs-$1-$tag-$2" hbt-score --protocol lareqa --compare \
+    --qrels "$results/data/$2/qrels.trec" "${args[@]}" -o "$out"
+}
+
 seed_systems() {  # seed_systems SEED BENCH: train, evaluate and compare the three strategies
   train "mono-s$1" mono 0.5 "$1"
   train "cross-s$1" cross 0.5 "$1"
@@ -218,6 +233,7 @@ phase_3() {
 phase_4() {
   log "phase 4: the other seeds ($seeds) on XQuAD-R"
   for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" xquad-r; done
+  for baseline in mono cross; do pooled_significance "$baseline" xquad-r; done
 }
 phase_5() {
   log "phase 5: alpha sweep ($alphas), seed $first_seed, XQuAD-R"
@@ -232,6 +248,7 @@ phase_5() {
 phase_6() {
   log "phase 6: the other seeds ($seeds) on MLQA-R"
   for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" mlqa-r; done
+  for baseline in mono cross; do pooled_significance "$baseline" mlqa-r; done
 }
 phase_7() {
   log "phase 7: MIRACL-mini ($miracl_langs)"

@@ -83,6 +83,11 @@ class Results:
     def first_seed(self) -> str:
         return self.seeds[0]
 
+    @property
+    def pooled_tag(self) -> str | None:
+        """How reproduce_paper.sh names a test pooled over every seed (s0+1+2), if several."""
+        return "s" + "+".join(self.seeds) if len(self.seeds) > 1 else None
+
     def alpha_systems(self) -> dict[float, str]:
         """The run behind each alpha: hybrid batches at alpha 0 / 0.5 / 1 are byte for byte
         the X-Y / Hybrid / X-X-mono batches of the same seed, so those runs stand for them."""
@@ -172,10 +177,10 @@ def missing_results(results: Results) -> list[str]:
         absent = [s for s in systems if (s, bench) not in results.lareqa]
         if absent:
             out.append(f"{label} scores: {', '.join(absent)}")
-        absent = [f"{h}-vs-{b}" for seed in results.seeds
-                  for h, b in ((f"hybrid-s{seed}", f"mono-s{seed}"),
-                               (f"hybrid-s{seed}", f"cross-s{seed}"))
-                  if (bench, h, b) not in results.significance]
+        tags = [f"s{seed}" for seed in results.seeds] + [t for t in [results.pooled_tag] if t]
+        absent = [f"hybrid-{tag}-vs-{baseline}-{tag}" for tag in tags
+                  for baseline in ("mono", "cross")
+                  if (bench, f"hybrid-{tag}", f"{baseline}-{tag}") not in results.significance]
         if absent:
             out.append(f"{label} significance tests: {', '.join(absent)}")
     absent = [f"alpha {a:g}" for a, s in results.alpha_systems().items()
@@ -280,8 +285,11 @@ def significance_table(results: Results) -> str:
                          f"{entry['difference']:+.{m.decimals}f} (p={entry['p_value']:.4f})")
         rows.append(cells)
     permutations = next(iter(results.significance.values())).get("permutations")
+    pooled = (f" Rows named {results.pooled_tag} pool the seeds: Δ is the mean over seeds of "
+              "each seed's Δ, and the test flips signs per seed and query (stratified by seed)."
+              if results.pooled_tag else "")
     return (f"Paired randomization test over queries ({permutations} permutations); "
-            "Δ = Hybrid − baseline (for rank distance, negative is better).\n\n"
+            f"Δ = Hybrid − baseline (for rank distance, negative is better).{pooled}\n\n"
             + _table(["benchmark", "systems"] + [f"Δ {m.label}" for m in metrics], rows))
 
 
@@ -375,8 +383,12 @@ def ordering_claims(results: Results, paper: dict) -> list[Claim]:
                     for seed in results.seeds}
                 tests = {seed: test for seed, test in tests.items() if test}
                 p_values = ", ".join(f"{test['p_value']:.4f}" for test in tests.values())
+                tag = results.pooled_tag
+                pooled = _get(results.significance.get(
+                    (bench, f"hybrid-{tag}", f"{baseline}-{tag}"), {}), metric.path)
                 detail = (f"ours {_number(ours_hybrid, metric.decimals)} vs "
                           f"{_number(ours_base, metric.decimals)}"
+                          + (f", p={pooled['p_value']:.4f} (seeds pooled)" if pooled else "")
                           + (f", p={p_values} (seed{'s' if len(tests) > 1 else ''} "
                              f"{', '.join(tests)})" if tests else ""))
                 claims.append(Claim(text, paper_holds, ours, detail))
@@ -499,7 +511,8 @@ def _expected_units(results: Results) -> dict[str, int]:
     expected = {"training": systems - 1 + extra_alphas}
     for bench, label in BENCHMARKS.items():
         expected[f"{label} evaluation"] = systems + (extra_alphas if bench == "xquad-r" else 0)
-        expected[f"{label} significance test"] = 2 * len(results.seeds)
+        expected[f"{label} significance test"] = 2 * len(results.seeds) + (
+            2 if results.pooled_tag else 0)
     expected["MIRACL-mini (system x language)"] = len(results.miracl_systems) * len(
         results.config["miracl_langs"].split())
     return expected

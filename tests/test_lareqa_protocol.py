@@ -1,4 +1,5 @@
 """The exact LAReQA protocol: a hand-computed toy, pytrec_eval parity on full runs, properties."""
+import itertools
 import time
 
 import numpy as np
@@ -8,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hbt_tools.evaluation.lareqa import evaluate_lareqa
-from hbt_tools.evaluation.significance import compare_lareqa
+from hbt_tools.evaluation.significance import compare_lareqa, compare_lareqa_pooled
 from hbt_tools.io import InputError
 
 CANDIDATES = ["en-c1", "en-c2", "en-c3", "de-c1", "de-c2"]
@@ -149,6 +150,50 @@ def test_compare_two_systems():
     assert result == compare_lareqa(weak, strong, n_permutations=2000, seed=1)   # seeded
     same = compare_lareqa(weak, weak, n_permutations=200, seed=1)
     assert same["cross"]["map"]["p_value"] == 1.0 and same["cross"]["map"]["difference"] == 0
+
+
+def test_pooled_compare_equals_exhaustive_swaps():
+    """Two seeds' A/B pairs pooled: the statistic is the mean of the per-seed B − A that
+    evaluate_lareqa reports, and the p-value matches an exhaustive reference that really swaps
+    each (seed, query)'s embeddings between A and B and re-evaluates (2^8 assignments)."""
+    queries, query_rows, corpus, corpus_rows = toy()
+    rng = np.random.default_rng(26)   # a draw where every p-value lies in 0.1-0.5
+    pairs = [(queries + rng.normal(0, 0.3, queries.shape).astype(np.float32),
+              queries + rng.normal(0, 0.1, queries.shape).astype(np.float32)) for _ in range(2)]
+
+    def evaluate(q):
+        return evaluate_lareqa(q, query_rows, corpus, corpus_rows, TOY_QRELS)
+
+    pooled = compare_lareqa_pooled([(evaluate(a), evaluate(b)) for a, b in pairs],
+                                   n_permutations=40_000, seed=2)
+    assert pooled["pairs"] == 2
+    paths = [("mono", "map"), ("cross", "map"), ("multi", "map"), ("rank_distance", "mean")]
+
+    def statistic(pair_queries):
+        reports = [(evaluate(a).report(), evaluate(b).report()) for a, b in pair_queries]
+        return {path: np.mean([rb[path[0]][path[1]] - ra[path[0]][path[1]] for ra, rb in reports])
+                for path in paths}
+
+    observed = statistic(pairs)
+    units = [(p, q) for p in range(2) for q in range(len(query_rows))]
+    at_least = dict.fromkeys(paths, 0)
+    for flips in itertools.product((False, True), repeat=len(units)):
+        swapped = [[a.copy(), b.copy()] for a, b in pairs]
+        for (p, q), flip in zip(units, flips):
+            if flip:
+                swapped[p][0][q], swapped[p][1][q] = pairs[p][1][q], pairs[p][0][q]
+        permuted = statistic(swapped)
+        for path in paths:
+            at_least[path] += abs(permuted[path]) >= abs(observed[path]) - 1e-12
+    for path in paths:
+        entry = pooled[path[0]][path[1]]
+        assert entry["difference"] == pytest.approx(observed[path], abs=1e-12)
+        assert entry["b"] - entry["a"] == pytest.approx(observed[path], abs=1e-12)
+        assert entry["p_value"] == pytest.approx(at_least[path] / 2 ** len(units), abs=0.01)
+        assert 0.05 < entry["p_value"] < 0.9   # neither trivially 1 nor at the floor
+    # one pair is exactly the two-system test
+    a, b = evaluate(pairs[0][0]), evaluate(pairs[0][1])
+    assert compare_lareqa_pooled([(a, b)], 500, 1) == compare_lareqa(a, b, 500, 1)
 
 
 def test_bad_inputs():

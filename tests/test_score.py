@@ -149,6 +149,13 @@ def test_lareqa_protocol_cli(tmp_path):
                      "--queries", q, "--corpus", c, "--queries", q2, "--corpus", c2)
     assert out["mono"]["map"]["difference"] == 0 and out["mono"]["map"]["p_value"] == 1.0
     assert out["matrix"]["en"]["de"]["a"] == 1.0
+    pooled = score_json("--protocol", "lareqa", "--compare", "--qrels", str(tmp_path / "lq.trec"),
+                        *("--queries", q, "--corpus", c, "--queries", q2, "--corpus", c2) * 2)
+    assert pooled["pairs"] == 2 and pooled["compare"]["b"] == [{"queries": q2, "corpus": c2}] * 2
+    assert pooled["matrix"] == out["matrix"]   # the same couple twice: the same means
+    r = run_cli("hbt-score", "--protocol", "lareqa", "--compare", "--qrels",
+                str(tmp_path / "lq.trec"), *("--queries", q, "--corpus", c) * 3)
+    assert r.returncode != 0 and b"A, B, A, B" in r.stderr
 
 
 def test_lareqa_heatmap_picture(tmp_path):

@@ -13,7 +13,9 @@ JSON output (``--format json``, the default):
   {"mean", "per_language": {X: v}}, "per_language": {X: {"mono": {"map", "r@1"}, "cross":
   {...}, "multi": {"map", "r@10"}, "rank_distance"}}, "matrix": {X: {Y: mAP}}}``; with
   ``--compare`` (two ``--queries``/``--corpus`` pairs) every number becomes
-  ``{"a", "b", "difference", "p_value"}``.
+  ``{"a", "b", "difference", "p_value"}``; with 2N pairs (A, B, A, B, ..., e.g. one A/B couple
+  per training seed) each is the mean over the N couples, the test is stratified by couple,
+  and ``"pairs": N`` is added.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import orjson
 
 from ..cli import command, fail, output_option
 from ..evaluation.lareqa import evaluate_lareqa
-from ..evaluation.significance import compare_lareqa, compare_runs
+from ..evaluation.significance import compare_lareqa_pooled, compare_runs
 from ..evaluation.tables import (compare_lareqa_tables, compare_run_table, lareqa_tables,
                                  run_tables)
 from ..evaluation.trec_eval import RunScores, evaluate_run
@@ -39,6 +41,9 @@ hbt-score --qrels qrels.trec --compare run-a.trec run-b.trec -m map
 hbt-score --protocol lareqa --qrels xq/qrels.trec --queries q.npy --corpus c.npy --format table
 hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \\
     --queries a/q.npy --corpus a/c.npy --queries b/q.npy --corpus b/c.npy
+hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \
+    --queries a-s0/q.npy --corpus a-s0/c.npy --queries b-s0/q.npy --corpus b-s0/c.npy \
+    --queries a-s1/q.npy --corpus a-s1/c.npy --queries b-s1/q.npy --corpus b-s1/c.npy
 """
 
 
@@ -64,7 +69,8 @@ hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \\
               help="lareqa: candidate embeddings (NAME.ids.jsonl beside it gives id and lang).")
 @click.option("--compare", is_flag=True,
               help="Paired randomization test between two systems: two RUNs, or (lareqa) two "
-                   "--queries/--corpus pairs.")
+                   "--queries/--corpus pairs; (lareqa) 2N pairs A, B, A, B, ... pool N "
+                   "couples (e.g. seeds) into one stratified test.")
 @click.option("--permutations", default=10_000, show_default=True, type=click.IntRange(1),
               help="Random sign flips for --compare.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for --compare.")
@@ -157,10 +163,15 @@ def _lareqa(runs, qrels_path, metric_names, by_lang, per_query, query_files, cor
         fail("--protocol lareqa takes no RUN files: it ranks --corpus for each of --queries")
     if metric_names or by_lang:
         fail("--protocol lareqa has fixed metrics and per-language rows: drop -m / --by-lang")
-    systems = 2 if compare else 1
-    if len(query_files) != systems or len(corpus_files) != systems:
-        fail(f"--protocol lareqa{' --compare' if compare else ''} needs {systems} --queries "
-             f"and {systems} --corpus file(s), got {len(query_files)} and {len(corpus_files)}")
+    if len(query_files) != len(corpus_files):
+        fail(f"--protocol lareqa needs as many --queries as --corpus files, got "
+             f"{len(query_files)} and {len(corpus_files)}")
+    if compare and (len(query_files) < 2 or len(query_files) % 2):
+        fail("--protocol lareqa --compare needs --queries/--corpus pairs for A and B (or for "
+             f"A, B, A, B, ... to pool several seeds), got {len(query_files)}")
+    if not compare and len(query_files) != 1:
+        fail(f"--protocol lareqa scores one system: give one --queries and one --corpus file "
+             f"(or --compare), got {len(query_files)}")
     qrels = read_qrels(qrels_path)
     scores = []
     for q_path, c_path in zip(query_files, corpus_files):
@@ -169,9 +180,10 @@ def _lareqa(runs, qrels_path, metric_names, by_lang, per_query, query_files, cor
         scores.append(evaluate_lareqa(queries, query_rows, corpus, corpus_rows, qrels,
                                       q_path, c_path, qrels_path))
     if compare:
-        report = compare_lareqa(scores[0], scores[1], permutations, seed)
-        report["compare"] = {"a": {"queries": query_files[0], "corpus": corpus_files[0]},
-                             "b": {"queries": query_files[1], "corpus": corpus_files[1]}}
+        report = compare_lareqa_pooled(list(zip(scores[::2], scores[1::2])), permutations, seed)
+        files = [{"queries": q, "corpus": c} for q, c in zip(query_files, corpus_files)]
+        report["compare"] = ({"a": files[0], "b": files[1]} if len(files) == 2
+                             else {"a": files[::2], "b": files[1::2]})
         return report, compare_lareqa_tables
     report = scores[0].report()
     if per_query:

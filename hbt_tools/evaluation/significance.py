@@ -86,24 +86,48 @@ def compare_lareqa(a: LareqaScores, b: LareqaScores, n_permutations: int = 10_00
     """Every number of the LAReQA report (settings, languages, language pairs) for both systems,
     B − A and its p-value; queries are the exchangeable units (one sign flips all of a query's
     settings). Both systems must have the same queries, candidates and languages."""
-    if (a.query_ids != b.query_ids or a.n_candidates != b.n_candidates
-            or not np.array_equal(a.setting_query, b.setting_query)
-            or not np.array_equal(a.setting_lang, b.setting_lang) or a.langs != b.langs):
-        raise InputError("the two systems do not have the same queries, candidates and "
-                         "relevant pairs (encode the same queries.jsonl / corpus.jsonl)")
-    stats = statistics(a)
-    n_queries = len(a.query_ids)
-    differences = np.zeros((n_queries, len(stats)))
-    for j, stat in enumerate(stats):
-        delta = stat.weights * (b.values(stat.kind)[stat.index] - a.values(stat.kind)[stat.index])
-        query = a.setting_query[stat.index] if stat.kind.startswith("setting") else stat.index
-        differences[:, j] = np.bincount(query, weights=delta, minlength=n_queries)
-    p_values = randomization_p_values(differences, n_permutations, seed, groups=a.query_lang)
+    return compare_lareqa_pooled([(a, b)], n_permutations, seed)
+
+
+def compare_lareqa_pooled(pairs: list[tuple[LareqaScores, LareqaScores]],
+                          n_permutations: int = 10_000, seed: int = 0) -> dict:
+    """One test over several (A, B) pairs of the same benchmark, e.g. one pair per training
+    seed: every number becomes the mean over pairs of A's, B's and B − A, and the sign flips
+    are drawn per (pair, query), a randomization test stratified by pair. With one pair this
+    is ``compare_lareqa``; with several the report adds ``"pairs": N``. Pooling seeds tests the
+    strategies rather than one training run of each."""
+    first = pairs[0][0]
+    for a, b in pairs:
+        for system in (a, b):
+            if (system.query_ids != first.query_ids or system.n_candidates != first.n_candidates
+                    or not np.array_equal(system.setting_query, first.setting_query)
+                    or not np.array_equal(system.setting_lang, first.setting_lang)
+                    or system.langs != first.langs):
+                raise InputError("the systems do not have the same queries, candidates and "
+                                 "relevant pairs (encode the same queries.jsonl / corpus.jsonl)")
+    stats = statistics(first)
+    n_queries, n_pairs = len(first.query_ids), len(pairs)
+    differences = np.zeros((n_pairs * n_queries, len(stats)))
+    means = {"a": np.zeros(len(stats)), "b": np.zeros(len(stats))}
+    for p, (a, b) in enumerate(pairs):
+        rows = slice(p * n_queries, (p + 1) * n_queries)
+        for j, stat in enumerate(stats):
+            value_a, value_b = (s.values(stat.kind)[stat.index] for s in (a, b))
+            delta = stat.weights * (value_b - value_a) / n_pairs
+            query = first.setting_query[stat.index] if stat.kind.startswith("setting") \
+                else stat.index
+            differences[rows, j] = np.bincount(query, weights=delta, minlength=n_queries)
+            means["a"][j] += np.dot(stat.weights, value_a) / n_pairs
+            means["b"][j] += np.dot(stat.weights, value_b) / n_pairs
+    groups = np.concatenate([first.query_lang + p * (first.query_lang.max() + 1)
+                             for p in range(n_pairs)])
+    p_values = randomization_p_values(differences, n_permutations, seed, groups=groups)
     out: dict = {"protocol": "lareqa", "queries": n_queries, "permutations": n_permutations,
                  "seed": seed}
+    if n_pairs > 1:
+        out["pairs"] = n_pairs
     for j, stat in enumerate(stats):
         set_path(out, stat.path, {
-            "a": float(np.dot(stat.weights, a.values(stat.kind)[stat.index])),
-            "b": float(np.dot(stat.weights, b.values(stat.kind)[stat.index])),
+            "a": float(means["a"][j]), "b": float(means["b"][j]),
             "difference": float(differences[:, j].sum()), "p_value": float(p_values[j])})
     return out

@@ -87,8 +87,9 @@ def compare_lareqa_tables(report: dict) -> str:
                 v = report[setting][metric]
                 rows.append([f"{setting} {metric}", v["a"], v["b"], v["difference"],
                              v["p_value"]])
+    pooled = f", means over {report['pairs']} A/B pairs" if "pairs" in report else ""
     out = [format_table(f"Paired randomization test ({report['permutations']} permutations, "
-                        f"seed {report['seed']})", ["", "A", "B", "B - A", "p"], rows)]
+                        f"seed {report['seed']}{pooled})", ["", "A", "B", "B - A", "p"], rows)]
     out.append(_matrix_table("mAP difference B - A (p-value) by query x candidate language",
                              report["matrix"],
                              lambda v: f"{v['difference']:+.4f} ({v['p_value']:.3f})"))
