@@ -1,6 +1,5 @@
 """The exact LAReQA protocol: a hand-computed toy, pytrec_eval parity on full runs, properties."""
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -211,8 +210,9 @@ def test_bad_inputs():
     assert e.value.line == 3 and e.value.field == "lang"
 
 
-def test_xquad_r_sized_timing():
-    """11 languages x 1,190 queries against 13,014 candidates (XQuAD-R's pools), dim 384."""
+def test_xquad_r_sized_pools():
+    """11 languages x 1,190 queries against 13,014 candidates (XQuAD-R's pools), dim 384: every
+    setting is there at full size (its time is measured in benchmarks/score_bench.py)."""
     rng = np.random.default_rng(0)
     langs = ["ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"]
     per_lang = [1183] * 10 + [13014 - 1183 * 10]
@@ -223,9 +223,7 @@ def test_xquad_r_sized_timing():
              for i in range(1190)}
     queries = rng.standard_normal((len(query_rows), 384)).astype(np.float32)
     corpus = rng.standard_normal((len(corpus_rows), 384)).astype(np.float32)
-    start = time.perf_counter()
     report = evaluate_lareqa(queries, query_rows, corpus, corpus_rows, qrels).report()
-    print(f"\nLAReQA protocol on XQuAD-R-sized random data: {time.perf_counter() - start:.1f} s")
     assert (report["mono"]["settings"], report["cross"]["settings"],
             report["multi"]["settings"]) == (11, 110, 11)
     assert report["queries"] == 13090 and report["candidates"] == 13014
