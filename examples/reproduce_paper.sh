@@ -230,10 +230,13 @@ phase_3() {
   lareqa untrained mlqa-r
   seed_systems "$first_seed" mlqa-r
 }
+other_seeds() {  # other_seeds BENCH: the seeds after the first, then the tests pooled over all
+  for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" "$1"; done
+  for baseline in mono cross; do pooled_significance "$baseline" "$1"; done
+}
 phase_4() {
   log "phase 4: the other seeds ($seeds) on XQuAD-R"
-  for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" xquad-r; done
-  for baseline in mono cross; do pooled_significance "$baseline" xquad-r; done
+  other_seeds xquad-r
 }
 phase_5() {
   log "phase 5: alpha sweep ($alphas), seed $first_seed, XQuAD-R"
@@ -247,8 +250,7 @@ phase_5() {
 }
 phase_6() {
   log "phase 6: the other seeds ($seeds) on MLQA-R"
-  for seed in $seeds; do [ "$seed" = "$first_seed" ] || seed_systems "$seed" mlqa-r; done
-  for baseline in mono cross; do pooled_significance "$baseline" mlqa-r; done
+  other_seeds mlqa-r
 }
 phase_7() {
   log "phase 7: MIRACL-mini ($miracl_langs)"
