@@ -323,6 +323,7 @@ def miracl_tables(results: Results, paper: dict) -> str:
                 rows.append(cells)
         out.append(f"**MIRACL-mini, {label}** (seed {results.first_seed})\n\n"
                    + _table(headers, rows))
+    out.append(_miracl_ties(results, present, langs))
     paper_rows = [[f"paper {model}", NAMES[s]] + [
         _number(paper["models"][model][s]["miracl"].get(k), 4) for k in ("ndcg@10", "recall@100")]
         for model in paper["models"] for s in STRATEGIES]
@@ -330,6 +331,26 @@ def miracl_tables(results: Results, paper: dict) -> str:
                "not the same pool as MIRACL-mini, so compare orderings only):\n\n"
                + _table(["model", "batches", "nDCG@10", "Recall@100"], paper_rows))
     return "\n".join(out)
+
+
+def _miracl_ties(results: Results, present: list[str], langs: list[str]) -> str:
+    """Where every system has the very same number: such a metric cannot order them there."""
+    lines = []
+    for key, label in MIRACL_METRICS:
+        complete = [lang for lang in langs
+                    if all(key in results.miracl[s].get(lang, {}) for s in present)]
+        values = {lang: {results.miracl[s][lang][key] for s in present} for lang in complete}
+        equal = [lang for lang in complete if len(values[lang]) == 1]
+        if not equal or len(present) < 2:
+            continue
+        line = (f"- {label}: the same for all {len(present)} systems in {len(equal)} of "
+                f"{len(complete)} languages ({', '.join(equal)})")
+        if set().union(*values.values()) == {1.0}:
+            line += (": 1.000 everywhere, every judged relevant passage is in every system's "
+                     "top 100, so it cannot separate the strategies on this pool")
+        lines.append(line + ".")
+    return ("Exact ties between the systems (over the languages that every system has):\n\n"
+            + "\n".join(lines) + "\n") if lines else ""
 
 
 # ------------------------------------------------------------------------------ agreement
@@ -340,11 +361,14 @@ class Claim:
     paper: dict                  # model -> bool
     ours: bool | None            # None: not measured yet
     detail: str
+    tie: bool = False            # ours exactly equal (e.g. both at a metric's ceiling)
 
     @property
     def verdict(self) -> str:
         if self.ours is None:
             return "not measured yet"
+        if self.tie:
+            return "tie in ours"
         votes = set(self.paper.values())
         if len(votes) > 1:
             return "paper mixed"
@@ -391,7 +415,8 @@ def ordering_claims(results: Results, paper: dict) -> list[Claim]:
                           + (f", p={pooled['p_value']:.4f} (seeds pooled)" if pooled else "")
                           + (f", p={p_values} (seed{'s' if len(tests) > 1 else ''} "
                              f"{', '.join(tests)})" if tests else ""))
-                claims.append(Claim(text, paper_holds, ours, detail))
+                claims.append(Claim(text, paper_holds, ours, detail,
+                                    tie=ours is not None and ours_hybrid == ours_base))
     systems = {s: f"{s}-s{results.first_seed}" for s in STRATEGIES}
     for key, label in (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100")):
         for baseline in ("mono", "cross"):
@@ -406,18 +431,22 @@ def ordering_claims(results: Results, paper: dict) -> list[Claim]:
             claims.append(Claim(
                 f"Hybrid ≥ {NAMES[baseline]} on MIRACL {label} (ours: MIRACL-mini)",
                 paper_holds, ours, f"ours {_number(hybrid)} vs {_number(base)}, mean over "
-                f"{len(langs)} of the paper's 15 languages"))
+                f"{len(langs)} of the paper's 15 languages", tie=ours is not None and hybrid == base))
     return claims
 
 
 def claims_section(claims: list[Claim]) -> str:
     rows = [[c.text, ", ".join(f"{m} {_yes(v)}" for m, v in c.paper.items()),
-             "–" if c.ours is None else _yes(c.ours), c.detail, f"**{c.verdict}**"]
-            for c in claims]
-    measured = [c for c in claims if c.ours is not None and c.verdict != "paper mixed"]
+             "–" if c.ours is None else "tie" if c.tie else _yes(c.ours), c.detail,
+             f"**{c.verdict}**"] for c in claims]
+    measured = [c for c in claims if c.verdict in ("agrees", "disagrees")]
     agreeing = sum(c.verdict == "agrees" for c in measured)
+    ties = sum(c.verdict == "tie in ours" for c in claims if set(c.paper.values()) != {True,
+                                                                                         False})
     summary = (f"Of {len(measured)} orderings that are measured and unanimous in the paper, "
-               f"ours agrees on {agreeing} and disagrees on {len(measured) - agreeing}.")
+               f"ours agrees on {agreeing} and disagrees on {len(measured) - agreeing}."
+               + (f" On {ties} more our two numbers are exactly equal (a tie: no ordering to "
+                  "compare)." if ties else ""))
     return summary + "\n\n" + _table(["statement", "paper", "ours", "numbers", "verdict"], rows)
 
 

@@ -205,3 +205,28 @@ def test_wall_time_groups_commands_into_units_and_projects_the_protocol(tmp_path
     assert rows["MLQA-R evaluation"] == ["7", "0", "–", "–", "–", "– |"]
     assert rows["MIRACL-mini (system x language)"] == ["8", "1", "9.0", "–", "9.0", "72 |"]
     assert rows["total"][-1] == "**143** + unmeasured kinds |"   # 42 + 28 + 0.6 + 72 min
+
+
+def test_equal_numbers_are_a_tie_not_an_ordering(results_tree):
+    """MIRACL-mini's Recall@100 can be 1.000 for every system (every relevant passage in the
+    top 100): equal numbers neither agree nor disagree with the paper's ordering."""
+    from hbt_tools.report import claims_section, miracl_tables
+
+    results = load_results(results_tree)
+    results.miracl = {system: {"es": {"ndcg@10": ndcg, "recall@100": 1.0}}
+                      for system, ndcg in (("hybrid-s0", 0.7), ("mono-s0", 0.6),
+                                           ("cross-s0", 0.8))}
+    recall = claim(results, "Hybrid ≥ X-X-mono on MIRACL Recall@100 (ours: MIRACL-mini)")
+    assert recall.tie and recall.verdict == "tie in ours"
+    ndcg = claim(results, "Hybrid ≥ X-X-mono on MIRACL nDCG@10 (ours: MIRACL-mini)")
+    assert not ndcg.tie and ndcg.ours is True and ndcg.verdict == "disagrees"  # paper: no
+    text = claims_section([recall, ndcg])
+    assert text.startswith("Of 1 orderings that are measured and unanimous in the paper, ours "
+                           "agrees on 0 and disagrees on 1. On 1 more our two numbers are "
+                           "exactly equal")
+    assert "| tie | ours 1.000 vs 1.000" in text
+    # the MIRACL-mini section says where a metric cannot order the systems
+    tables = miracl_tables(results, json.loads(PAPER.read_text()))
+    assert ("- Recall@100: the same for all 3 systems in 1 of 1 languages (es): 1.000 "
+            "everywhere") in tables
+    assert "- nDCG@10" not in tables
