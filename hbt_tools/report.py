@@ -431,7 +431,8 @@ def ordering_claims(results: Results, paper: dict) -> list[Claim]:
             claims.append(Claim(
                 f"Hybrid ≥ {NAMES[baseline]} on MIRACL {label} (ours: MIRACL-mini)",
                 paper_holds, ours, f"ours {_number(hybrid)} vs {_number(base)}, mean over "
-                f"{len(langs)} of the paper's 15 languages", tie=ours is not None and hybrid == base))
+                f"{len(langs)} of the paper's 15 languages",
+                tie=ours is not None and hybrid == base))
     return claims
 
 
