@@ -333,6 +333,24 @@ def miracl_tables(results: Results, paper: dict) -> str:
     return "\n".join(out)
 
 
+def _miracl_gains(results: Results) -> tuple[dict, int] | None:
+    """nDCG@10 of each strategy minus the untrained model's, per language that all four have
+    (seen-in-training languages first), and how many are seen; None when there is none."""
+    systems = results.miracl_systems
+    langs = [lang for lang in sorted(set.intersection(*(set(results.miracl.get(s, {}))
+                                                        for s in systems)))
+             if all("ndcg@10" in results.miracl[s][lang] for s in systems)]
+    if not langs:
+        return None
+    train_langs = set(results.config["train_langs"].split(","))
+    seen = [lang for lang in langs if lang in train_langs]
+    ordered = seen + [lang for lang in langs if lang not in train_langs]
+    base = systems[0]
+    return {lang: {NAMES[s.rsplit("-s", 1)[0]]: results.miracl[s][lang]["ndcg@10"]
+                   - results.miracl[base][lang]["ndcg@10"] for s in systems[1:]}
+            for lang in ordered}, len(seen)
+
+
 def _miracl_ties(results: Results, present: list[str], langs: list[str]) -> str:
     """Where every system has the very same number: such a metric cannot order them there."""
     lines = []
@@ -477,6 +495,16 @@ def draw_figures(results: Results, figures: Path) -> dict[str, str]:
         plots.loss_curves(curves, figures / "loss-curves.png",
                           "training loss (faint: per step; bold: moving average of 5)")
         drawn["Training loss of every strategy and seed"] = "loss-curves.png"
+    gains = _miracl_gains(results)
+    if gains:
+        values, seen = gains
+        plots.grouped_bars(values, figures / "miracl-mini-ndcg-change.png",
+                           f"MIRACL-mini: nDCG@10 change from the untrained model (seed "
+                           f"{results.first_seed})", "nDCG@10 change",
+                           "language (left of the dashed line: seen in training; right: "
+                           "zero-shot)", divider_after=seen)
+        drawn["MIRACL-mini nDCG@10 change from the untrained model, per language"] = \
+            "miracl-mini-ndcg-change.png"
     sweep = {}
     for alpha, system in results.alpha_systems().items():
         report = results.lareqa.get((system, "xquad-r"))

@@ -230,3 +230,21 @@ def test_equal_numbers_are_a_tie_not_an_ordering(results_tree):
     assert ("- Recall@100: the same for all 3 systems in 1 of 1 languages (es): 1.000 "
             "everywhere") in tables
     assert "- nDCG@10" not in tables
+
+
+def test_miracl_change_figure_orders_seen_languages_first(results_tree, tmp_path):
+    from hbt_tools.report import _miracl_gains, draw_figures
+
+    results = load_results(results_tree)   # trained on de and en
+    ndcg = {"untrained": (0.5, 0.4), "mono-s0": (0.6, 0.3), "cross-s0": (0.55, 0.45),
+            "hybrid-s0": (0.7, 0.5)}
+    results.miracl = {s: {"sw": {"ndcg@10": sw}, "de": {"ndcg@10": de}}
+                      for s, (de, sw) in ndcg.items()}
+    results.miracl["mono-s0"]["fi"] = {"ndcg@10": 0.9}   # not every system has fi: left out
+    values, seen = _miracl_gains(results)
+    assert list(values) == ["de", "sw"] and seen == 1
+    assert values["de"] == pytest.approx({"X-X-mono": 0.1, "X-Y": 0.05, "Hybrid": 0.2})
+    assert values["sw"] == pytest.approx({"X-X-mono": -0.1, "X-Y": 0.05, "Hybrid": 0.1})
+    drawn = draw_figures(results, tmp_path)
+    assert (tmp_path / "miracl-mini-ndcg-change.png").read_bytes()[:4] == b"\x89PNG"
+    assert "miracl-mini-ndcg-change.png" in drawn.values()

@@ -117,3 +117,29 @@ def alpha_sweep(points: Mapping[float, Mapping[str, float]], path: str | os.Path
     ax.set_title(title, fontsize=10)
     _save(fig, path)
     plt.close(fig)
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+                 title: str, ylabel: str, xlabel: str = "",
+                 divider_after: int | None = None) -> None:
+    """One group of bars per row of ``values`` (e.g. a language), one bar per column (e.g. a
+    system), in the given order; a dashed line after the first ``divider_after`` groups
+    separates two kinds of rows (e.g. seen vs zero-shot languages)."""
+    plt = _pyplot()
+    groups = list(values)
+    series = list(dict.fromkeys(k for row in values.values() for k in row))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(groups) * len(series) / 2 + 2), 4))
+    for i, name in enumerate(series):
+        offsets = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(offsets, [values[g].get(name, float("nan")) for g in groups], width, label=name)
+    ax.axhline(0, color="black", linewidth=0.6)
+    if divider_after is not None and 0 < divider_after < len(groups):
+        ax.axvline(divider_after - 0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
