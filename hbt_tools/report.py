@@ -460,8 +460,7 @@ def claims_section(claims: list[Claim]) -> str:
              f"**{c.verdict}**"] for c in claims]
     measured = [c for c in claims if c.verdict in ("agrees", "disagrees")]
     agreeing = sum(c.verdict == "agrees" for c in measured)
-    ties = sum(c.verdict == "tie in ours" for c in claims if set(c.paper.values()) != {True,
-                                                                                         False})
+    ties = sum(c.tie for c in claims if c.ours is not None and len(set(c.paper.values())) == 1)
     summary = (f"Of {len(measured)} orderings that are measured and unanimous in the paper, "
                f"ours agrees on {agreeing} and disagrees on {len(measured) - agreeing}."
                + (f" On {ties} more our two numbers are exactly equal (a tie: no ordering to "

@@ -41,8 +41,8 @@ hbt-score --qrels qrels.trec --compare run-a.trec run-b.trec -m map
 hbt-score --protocol lareqa --qrels xq/qrels.trec --queries q.npy --corpus c.npy --format table
 hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \\
     --queries a/q.npy --corpus a/c.npy --queries b/q.npy --corpus b/c.npy
-hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \
-    --queries a-s0/q.npy --corpus a-s0/c.npy --queries b-s0/q.npy --corpus b-s0/c.npy \
+hbt-score --protocol lareqa --compare --qrels xq/qrels.trec \\
+    --queries a-s0/q.npy --corpus a-s0/c.npy --queries b-s0/q.npy --corpus b-s0/c.npy \\
     --queries a-s1/q.npy --corpus a-s1/c.npy --queries b-s1/q.npy --corpus b-s1/c.npy
 """
 
