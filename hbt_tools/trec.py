@@ -210,13 +210,17 @@ def _token_rows(chars: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
 
 
 def _hash_rows(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each zero-padded row (multiply-xorshift over its 8-byte words)."""
+    """A 64-bit hash of each zero-padded row (multiply-xorshift over its 8-byte words).
+
+    Only the words that hold the token's bytes are mixed in, so a token hashes the same however
+    wide the rows are (the widest token of the column sets the width: a run's docids and the
+    qrels' relevant docids are hashed in separate calls and must agree)."""
     words = np.ascontiguousarray(rows.view(np.uint64).T)
     hashes = lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    for word in words:
-        hashes ^= word
-        hashes *= np.uint64(0xBF58476D1CE4E5B9)
-        hashes ^= hashes >> np.uint64(31)
+    for k, word in enumerate(words):
+        mixed = (hashes ^ word) * np.uint64(0xBF58476D1CE4E5B9)
+        mixed ^= mixed >> np.uint64(31)
+        hashes = np.where(lengths > 8 * k, mixed, hashes)
     return hashes
 
 

@@ -109,9 +109,22 @@ def test_bad_metric_names(label):
         parse_metric(label)
 
 
+def test_short_relevant_ids_in_a_run_with_longer_ids():
+    """MIRACL te: every relevant docid fits in 8 bytes, the run also has longer ones (the
+    hashes once depended on the widest id of each file, and every hit was missed)."""
+    qrels = {"1007": {"786#0": 1, "786#8": 0}, "35": {"34672#2": 1}}
+    lines = [("1007", "786#0", 0.9), ("1007", "128919#0", 0.8), ("1007", "1234567890", 0.7),
+             ("35", "128919#1", 0.6), ("35", "34672#2", 0.5)]
+    got = score(lines, qrels, ["ndcg@10", "recall@100"])
+    assert got == {"1007": {"ndcg@10": 1.0, "recall@100": 1.0},
+                   "35": {"ndcg@10": pytest.approx(1 / np.log2(3)), "recall@100": 1.0}}
+
+
 # ---------------------------------------------------------------- pytrec_eval parity
 
-docids = st.sampled_from([f"d{i}" for i in range(12)] + ["D1", "é", "z9", "a_b"])
+# ids of 1 to 20 bytes: a run's and the qrels' widest ids set different hash row widths
+docids = st.sampled_from([f"d{i}" for i in range(12)] + ["D1", "é", "z9", "a_b", "1234567#",
+                                                         "12345678#0", "786#0", "é" * 10])
 qids = st.sampled_from(["q1", "q2", "q3", "q4", "10", "9"])
 # scores beyond float32's range are checked by hand above (they become inf, as in trec_eval)
 scores = st.one_of(st.sampled_from([0.0, -0.0, 1.0, 0.5, -2.0, 1e-9, 1.00000001, 1.00000002]),
