@@ -206,13 +206,15 @@ miracl() {  # miracl SYSTEM LANG: encode queries and passages, flat index, top 1
   [ -s "$emb/miracl-mini.$2.queries.npy" ] || timed "encode-queries-$1-miracl-mini-$2" \
     hbt-encode --model "$(model_path "$1")" --kind query "$data/queries.jsonl" \
     -o "$emb/miracl-mini.$2.queries.npy"
-  [ -s "$emb/miracl-mini.$2.corpus.npy" ] || timed "encode-corpus-$1-miracl-mini-$2" \
-    hbt-encode --model "$(model_path "$1")" --kind passage --fields miracl "$data/corpus.jsonl" \
-    -o "$emb/miracl-mini.$2.corpus.npy"
-  timed "index-$1-miracl-mini-$2" hbt-index "$emb/miracl-mini.$2.corpus.npy" \
-    -o "$emb/miracl-mini.$2.index"
-  timed "search-$1-miracl-mini-$2" hbt-search --index "$emb/miracl-mini.$2.index" \
-    "$emb/miracl-mini.$2.queries.npy" -k 100 --tag "$1" -o "$emb/miracl-mini.$2.run.trec"
+  if [ ! -s "$emb/miracl-mini.$2.run.trec" ]; then  # the run is kept: rescoring needs no search
+    [ -s "$emb/miracl-mini.$2.corpus.npy" ] || timed "encode-corpus-$1-miracl-mini-$2" \
+      hbt-encode --model "$(model_path "$1")" --kind passage --fields miracl "$data/corpus.jsonl" \
+      -o "$emb/miracl-mini.$2.corpus.npy"
+    timed "index-$1-miracl-mini-$2" hbt-index "$emb/miracl-mini.$2.corpus.npy" \
+      -o "$emb/miracl-mini.$2.index"
+    timed "search-$1-miracl-mini-$2" hbt-search --index "$emb/miracl-mini.$2.index" \
+      "$emb/miracl-mini.$2.queries.npy" -k 100 --tag "$1" -o "$emb/miracl-mini.$2.run.trec"
+  fi
   timed "score-$1-miracl-mini-$2" hbt-score --qrels "$data/qrels.trec" \
     -m ndcg@10 -m p@10 -m recall@100 "$emb/miracl-mini.$2.run.trec" -o "$out"
   # The passage embeddings and the index are the big files; the run and scores stay.
