@@ -84,6 +84,10 @@ class Results:
         return self.seeds[0]
 
     @property
+    def train_langs(self) -> set[str]:
+        return set(self.config["train_langs"].split(","))
+
+    @property
     def pooled_tag(self) -> str | None:
         """How reproduce_paper.sh names a test pooled over every seed (s0+1+2), if several."""
         return "s" + "+".join(self.seeds) if len(self.seeds) > 1 else None
@@ -232,7 +236,7 @@ def lareqa_summary_table(results: Results, paper: dict, metrics) -> str:
 
 
 def per_language_tables(results: Results, bench: str) -> str:
-    train_langs = set(results.config["train_langs"].split(","))
+    train_langs = results.train_langs
     langs = sorted({lang for (s, b), r in results.lareqa.items() if b == bench
                     for lang in r.get("per_language", {})})
     if not langs:
@@ -298,12 +302,9 @@ def miracl_tables(results: Results, paper: dict) -> str:
     present = [s for s in systems if results.miracl.get(s)]
     if not present:
         return "No MIRACL-mini results yet.\n"
-    train_langs = set(results.config["train_langs"].split(","))
     langs = sorted({lang for s in present for lang in results.miracl[s]})
-    seen = [lang for lang in langs if lang in train_langs]
-    zero_shot = [lang for lang in langs if lang in MIRACL_ZERO_SHOT]
-    other = [lang for lang in langs if lang not in train_langs and lang not in MIRACL_ZERO_SHOT]
-    groups = [("seen in training", seen), ("zero-shot", zero_shot + other),
+    seen, unseen = _seen_then_unseen(results, langs)
+    groups = [("seen in training", seen), ("zero-shot", unseen),
               ("all", langs), ("paper's 15", [lang for lang in langs
                                                if lang in PAPER_MIRACL_LANGS])]
     headers = ["language"] + [NAMES.get(s.rsplit("-s", 1)[0], s) for s in systems]
@@ -311,8 +312,8 @@ def miracl_tables(results: Results, paper: dict) -> str:
     for key, label in MIRACL_METRICS:
         def value(system, lang):
             return results.miracl.get(system, {}).get(lang, {}).get(key)
-        rows = [[f"{lang} ({'seen' if lang in train_langs else 'zero-shot'})"]
-                + [_number(value(s, lang)) for s in systems] for lang in seen + zero_shot + other]
+        rows = [[f"{lang} ({'seen' if lang in seen else 'zero-shot'})"]
+                + [_number(value(s, lang)) for s in systems] for lang in seen + unseen]
         for group, members in groups:
             for name, summary in (("mean", statistics.fmean), ("median", statistics.median)):
                 cells = [f"**{name}, {group}** ({len(members)})"]
@@ -333,6 +334,14 @@ def miracl_tables(results: Results, paper: dict) -> str:
     return "\n".join(out)
 
 
+def _seen_then_unseen(results: Results, langs: list[str]) -> tuple[list[str], list[str]]:
+    """``langs`` split into those seen in training and the rest, the MIRACL zero-shot
+    languages first (order kept within each)."""
+    seen = [lang for lang in langs if lang in results.train_langs]
+    unseen = [lang for lang in langs if lang not in results.train_langs]
+    return seen, sorted(unseen, key=lambda lang: lang not in MIRACL_ZERO_SHOT)
+
+
 def _miracl_gains(results: Results) -> tuple[dict, int] | None:
     """nDCG@10 of each strategy minus the untrained model's, per language that all four have
     (seen-in-training languages first), and how many are seen; None when there is none."""
@@ -342,24 +351,24 @@ def _miracl_gains(results: Results) -> tuple[dict, int] | None:
              if all("ndcg@10" in results.miracl[s][lang] for s in systems)]
     if not langs:
         return None
-    train_langs = set(results.config["train_langs"].split(","))
-    seen = [lang for lang in langs if lang in train_langs]
-    ordered = seen + [lang for lang in langs if lang not in train_langs]
+    seen, unseen = _seen_then_unseen(results, langs)
     base = systems[0]
     return {lang: {NAMES[s.rsplit("-s", 1)[0]]: results.miracl[s][lang]["ndcg@10"]
                    - results.miracl[base][lang]["ndcg@10"] for s in systems[1:]}
-            for lang in ordered}, len(seen)
+            for lang in seen + unseen}, len(seen)
 
 
 def _miracl_ties(results: Results, present: list[str], langs: list[str]) -> str:
     """Where every system has the very same number: such a metric cannot order them there."""
+    if len(present) < 2:
+        return ""
     lines = []
     for key, label in MIRACL_METRICS:
         complete = [lang for lang in langs
                     if all(key in results.miracl[s].get(lang, {}) for s in present)]
         values = {lang: {results.miracl[s][lang][key] for s in present} for lang in complete}
         equal = [lang for lang in complete if len(values[lang]) == 1]
-        if not equal or len(present) < 2:
+        if not equal:
             continue
         line = (f"- {label}: the same for all {len(present)} systems in {len(equal)} of "
                 f"{len(complete)} languages ({', '.join(equal)})")
