@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from tiny_models import TEXT, make_tiny_model
+from tiny_models import make_tiny_model, padded, texts
 
 from hbt_tools.models.encoder import BiEncoder, load_biencoder, load_inference_biencoder
 from hbt_tools.models.fast_encoder import FastBertEncoder, FastTokenizer, fast_path_config
@@ -20,22 +20,6 @@ FAST_FAMILIES = ("xlm-roberta", "bert", "labse", "e5")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {family: make_tiny_model(root, family) for family in FAST_FAMILIES + ("mbart", "mt5")}
-
-
-def texts():
-    with open(TEXT, encoding="utf-8") as fh:
-        lines = [line.strip() for line in fh if line.strip()]
-    # short and long lines of several scripts, full-width forms, whitespace runs
-    return lines[:40] + [" ".join(lines[:30]), "ＡＢＣ，１２３？", "two  spaces ", "x"]
-
-
-def padded(token_ids, pad_id):
-    width = max(map(len, token_ids))
-    ids = torch.full((len(token_ids), width), pad_id)
-    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-    for i, row in enumerate(token_ids):
-        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
-    return ids, mask
 
 
 @pytest.mark.parametrize("family", FAST_FAMILIES)

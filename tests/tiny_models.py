@@ -82,3 +82,23 @@ def make_tiny_model(directory, family: str = "xlm-roberta", seed: int = 0) -> st
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def texts():
+    """Lines of the bundled text for encoder tests."""
+    with open(TEXT, encoding="utf-8") as fh:
+        lines = [line.strip() for line in fh if line.strip()]
+    # short and long lines of several scripts, full-width forms, whitespace runs
+    return lines[:40] + [" ".join(lines[:30]), "ＡＢＣ，１２３？", "two  spaces ", "x"]
+
+
+def padded(token_ids, pad_id):
+    """Right-padded ``(input_ids, attention_mask)`` of token id lists."""
+    import torch
+
+    width = max(map(len, token_ids))
+    ids = torch.full((len(token_ids), width), pad_id)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for i, row in enumerate(token_ids):
+        ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+    return ids, mask

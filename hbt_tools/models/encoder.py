@@ -14,6 +14,7 @@ import torch
 
 from ..io import InputError
 from .folder import check_model_folder, load_failure
+from .packed_encoder import packed_forward, supports_packing
 from .settings import RetrievalSettings, family_defaults
 
 
@@ -24,6 +25,7 @@ class BiEncoder(torch.nn.Module):
         super().__init__()
         self.model = model  # the whole loaded model (what gets saved)
         self.settings = settings
+        self.packable = supports_packing(model)
 
     @property
     def encoder(self):
@@ -34,7 +36,10 @@ class BiEncoder(torch.nn.Module):
         return self.model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.training and self.packable:  # hbt-train: see packed_encoder.py
+            out = packed_forward(self.model, input_ids, attention_mask)
+        else:
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         emb = pool(out, attention_mask, self.settings.pooling)
         if self.settings.normalize:
             emb = torch.nn.functional.normalize(emb.float(), dim=-1)

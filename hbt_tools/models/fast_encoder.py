@@ -32,12 +32,26 @@ def fast_path_config(folder: str) -> dict | None:
         return None
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
         config = json.load(fh)
-    plain = (config.get("model_type") in MODEL_TYPES
-             and config.get("hidden_act", "gelu") == "gelu"
-             and config.get("position_embedding_type", "absolute") == "absolute"
-             and not config.get("is_decoder") and not config.get("add_cross_attention")
-             and "auto_map" not in config)
-    return config if plain else None
+    return config if is_plain_bert(config) and "auto_map" not in config else None
+
+
+def is_plain_bert(config: dict) -> bool:
+    """A BERT / XLM-R encoder with GELU and absolute positions: what this module and
+    :mod:`.packed_encoder` compute."""
+    return (config.get("model_type") in MODEL_TYPES
+            and config.get("hidden_act", "gelu") == "gelu"
+            and config.get("position_embedding_type", "absolute") == "absolute"
+            and not config.get("is_decoder") and not config.get("add_cross_attention"))
+
+
+def position_ids(input_ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+    """BERT numbers positions 0, 1, ... in every row (``padding_idx`` None); XLM-R from
+    ``padding_idx + 1``, skipping padding tokens, which keep ``padding_idx``."""
+    batch, length = input_ids.shape
+    if padding_idx is None:
+        return torch.arange(length, device=input_ids.device).expand(batch, length)
+    real = (input_ids != padding_idx).long()
+    return torch.cumsum(real, dim=1) * real + padding_idx
 
 
 class FastTokenizer:
@@ -116,11 +130,7 @@ class FastBertEncoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         batch, length = input_ids.shape
-        if self.position_offset is None:
-            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
-        else:
-            real = (input_ids != self.position_offset).long()
-            positions = torch.cumsum(real, dim=1) * real + self.position_offset
+        positions = position_ids(input_ids, self.position_offset)
         position_table = self.w("embeddings.position_embeddings.weight")
         x = (self.word_embeddings[input_ids].to(position_table.dtype)
              + position_table[positions]

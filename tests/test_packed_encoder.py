@@ -1,0 +1,195 @@
+"""hbt-train's packed BERT / XLM-R forward and fast dropout, against transformers and against
+their defining properties."""
+import itertools
+import random
+
+import pytest
+import torch
+
+from tiny_models import make_tiny_model, padded, texts
+
+from hbt_tools.models import packed_encoder
+from hbt_tools.models.dropout import dropout, keep_mask
+from hbt_tools.models.encoder import load_biencoder
+from hbt_tools.models.packed_encoder import (GROUP_OVERHEAD, PackedLayout, length_groups,
+                                             packed_forward, supports_packing)
+
+FAMILIES = ("xlm-roberta", "bert")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {family: make_tiny_model(root, family) for family in FAMILIES + ("mbart",)}
+
+
+def batch(biencoder, tokenizer, count=12):
+    """Sequences of 3 to ~60 tokens: several attention groups."""
+    rows = tokenizer(texts()[:count - 1] + [" ".join(texts()[:8])], truncation=True,
+                     max_length=64)["input_ids"]
+    return padded(rows, tokenizer.pad_token_id)
+
+
+def no_dropout(x, p, training):
+    return x
+
+
+@pytest.fixture(autouse=True)
+def small_group_overhead(monkeypatch):
+    """The tiny models' short sequences and 2 heads would make one group: cut more, but not
+    so much that no group has padding."""
+    monkeypatch.setattr(packed_encoder, "GROUP_OVERHEAD", 1500)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_outputs_and_gradients_equal_transformers(models, family, monkeypatch):
+    """Train mode with dropout replaced by the identity (so the explicit attention used in
+    training runs) against transformers in eval mode: same embeddings, same gradients."""
+    monkeypatch.setattr(packed_encoder, "dropout", no_dropout)
+    reference, tokenizer = load_biencoder(models[family])
+    packed, _ = load_biencoder(models[family])
+    assert packed.packable and supports_packing(packed.model)
+    ids, mask = batch(packed, tokenizer)
+    groups = PackedLayout(mask, packed.config.num_attention_heads).groups
+    assert len(groups) > 1 and any(g.pad_keys.any() for g in groups)
+    weights = torch.randn(ids.shape[0], packed.config.hidden_size, generator=torch.Generator()
+                          .manual_seed(0))
+    reference.eval()
+    packed.train()
+    for biencoder in (reference, packed):
+        (biencoder(ids, mask) * weights).sum().backward()
+    assert torch.allclose(packed(ids, mask), reference(ids, mask), atol=1e-5)
+    named = dict(reference.named_parameters())
+    compared = 0
+    for name, param in packed.named_parameters():
+        want = named[name].grad
+        if want is None:  # the pooler: mean pooling never reaches it
+            assert param.grad is None, name
+            continue
+        scale = want.abs().max().clamp(min=1e-4)  # the key bias: zero up to rounding
+        assert (param.grad - want).abs().max() / scale < 1e-4, name
+        compared += 1
+    assert compared > 10
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eval_mode_and_left_padding_equal_transformers(models, family):
+    """No dropout: the SDPA branch; left-padded rows too (positions and groups from the mask)."""
+    biencoder, tokenizer = load_biencoder(models[family])
+    model = biencoder.model.eval()
+    ids, mask = batch(biencoder, tokenizer)
+    lengths = mask.sum(1)
+    left_ids, left_mask = torch.full_like(ids, tokenizer.pad_token_id), torch.zeros_like(mask)
+    for i, n in enumerate(lengths.tolist()):
+        left_ids[i, ids.shape[1] - n:], left_mask[i, ids.shape[1] - n:] = ids[i, :n], 1
+    with torch.no_grad():
+        for input_ids, attention_mask in ((ids, mask), (left_ids, left_mask)):
+            want = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            have = packed_forward(model, input_ids, attention_mask).last_hidden_state
+            real = attention_mask.bool()
+            assert torch.allclose(have[real], want[real], atol=1e-5)
+            assert (have[~real] == 0).all()
+
+
+def test_dropout_where_bert_has_it(models, monkeypatch):
+    """transformers' BERT drops out the embeddings, the attention probabilities and the output
+    of both dense sublayers, at the config's rates; nothing else."""
+    calls = []
+
+    def spy(x, p, training):
+        calls.append((tuple(x.shape), p, training))
+        return x
+
+    monkeypatch.setattr(packed_encoder, "dropout", spy)
+    biencoder, tokenizer = load_biencoder(models["bert"])
+    config = biencoder.config
+    ids, mask = batch(biencoder, tokenizer)
+    layout = PackedLayout(mask, config.num_attention_heads)
+    biencoder.train()
+    biencoder(ids, mask)
+    hidden = ((int(mask.sum()), config.hidden_size), config.hidden_dropout_prob, True)
+    probabilities = [((g.count, config.num_attention_heads, g.length, g.length),
+                      config.attention_probs_dropout_prob, True) for g in layout.groups]
+    assert calls == [hidden] + (probabilities + [hidden, hidden]) * config.num_hidden_layers
+
+
+def test_other_families_are_not_packed(models):
+    biencoder, _ = load_biencoder(models["mbart"])
+    assert not biencoder.packable
+
+
+def test_dropout_is_seeded_by_torch_and_differs_between_draws(models):
+    biencoder, tokenizer = load_biencoder(models["xlm-roberta"])
+    ids, mask = batch(biencoder, tokenizer)
+    biencoder.train()
+    outputs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            outputs.append(biencoder(ids, mask))
+    assert torch.equal(outputs[0], outputs[1])
+    assert (outputs[0] - outputs[2]).abs().max() > 1e-3
+    with torch.no_grad():
+        assert not torch.equal(biencoder(ids, mask), biencoder(ids, mask))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_keep_mask_rate_and_independence(p):
+    torch.manual_seed(0)
+    n = 2_000_000
+    first, second = keep_mask(torch.Size([n]), p), keep_mask(torch.Size([n]), p)
+    exact = 1 - round(p * 2 ** 16) / 2 ** 16
+    sd = (exact * (1 - exact) / n) ** 0.5
+    for mask in (first, second):
+        assert abs(mask.double().mean().item() - exact) < 5 * sd
+    # independent draws: P(both kept) = exact^2; neighbours independent too
+    both = (first & second).double().mean().item()
+    assert abs(both - exact ** 2) < 5 * sd
+    neighbours = (first[1:] & first[:-1]).double().mean().item()
+    assert abs(neighbours - exact ** 2) < 5 * sd
+
+
+def test_dropout_scales_kept_elements_and_keeps_gradients():
+    torch.manual_seed(0)
+    x = torch.full((1000, 100), 2.0, requires_grad=True)
+    y = dropout(x, 0.25, True)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.75))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.allclose(x.grad[kept], torch.tensor(1 / 0.75))
+    assert dropout(x, 0.25, False) is x and dropout(x, 0.0, True) is x
+
+
+def _cost(groups, lengths, heads):
+    return sum(heads * len(g) * max(lengths[i] for i in g) ** 2 + GROUP_OVERHEAD
+               for g in groups)
+
+
+def test_length_groups_partition_and_are_optimal(monkeypatch):
+    """Against every contiguous partition of the sorted lengths (brute force)."""
+    monkeypatch.setattr(packed_encoder, "GROUP_OVERHEAD", GROUP_OVERHEAD)
+    rng = random.Random(0)
+    for _ in range(30):
+        lengths = [rng.choice([3, 5, 8, 20, 40, 90, 150]) for _ in range(rng.randint(1, 9))]
+        heads = rng.choice([1, 12])
+        groups = length_groups(lengths, heads)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        best = min(
+            _cost([order[a:b] for a, b in zip((0,) + cuts, cuts + (len(order),))], lengths,
+                  heads)
+            for k in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), k))
+        assert _cost(groups, lengths, heads) == pytest.approx(best)
+
+
+def test_layout_packs_and_unpacks_every_real_token():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    layout = PackedLayout(mask, heads=1)
+    values = torch.arange(20.0).view(4, 5, 1)
+    packed = layout.pack(values)
+    assert sorted(packed.flatten().tolist()) == sorted(values[mask.bool()].flatten().tolist())
+    back = layout.unpack(packed)
+    assert torch.equal(back[mask.bool()], values[mask.bool()])
+    assert (back[~mask.bool()] == 0).all()
