@@ -5,11 +5,13 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tiny_models import make_tiny_model, padded, texts
 
 from hbt_tools.models import packed_encoder
 from hbt_tools.models.dropout import dropout, keep_mask
+from hbt_tools.models.embedding_grad import embedding_rows
 from hbt_tools.models.encoder import load_biencoder
 from hbt_tools.models.packed_encoder import (GROUP_OVERHEAD, PackedLayout, length_groups,
                                              packed_forward, supports_packing)
@@ -193,3 +195,48 @@ def test_layout_packs_and_unpacks_every_real_token():
     back = layout.unpack(packed)
     assert torch.equal(back[mask.bool()], values[mask.bool()])
     assert (back[~mask.bool()] == 0).all()
+
+
+def test_row_gradients_equal_dense_embedding_gradients():
+    """Two lookups per backward, two backwards per step, repeated ids, four steps with
+    zero_grad(set_to_none=True), some with a foreign in-place write to the gradient (as a
+    gradient all-reduce writes rows this process never looked up): always F.embedding's dense
+    gradient."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 4, generator=gen, requires_grad=True)
+    reference = weight.detach().clone().requires_grad_()
+    for step in range(4):
+        for _ in range(2):
+            ids = [torch.randint(0, 50, (n,), generator=gen) for n in (7, 12)]
+            upstream = [torch.randn(len(i), 4, generator=gen) for i in ids]
+            sum((embedding_rows(weight, i) * u).sum() for i, u in zip(ids, upstream)).backward()
+            sum((F.embedding(i, reference) * u).sum()
+                for i, u in zip(ids, upstream)).backward()
+            assert torch.allclose(weight.grad, reference.grad, atol=1e-6), step
+        if step % 2 == 0:
+            other_rank = torch.randn(50, 4, generator=gen)
+            weight.grad.add_(other_rank)
+            reference.grad.add_(other_rank)
+        weight.grad = reference.grad = None
+
+
+def test_a_kept_gradient_is_never_overwritten():
+    """A caller holding last step's gradient (the tensor, or a view of it) keeps its values."""
+    weight = torch.zeros(10, 2, requires_grad=True)
+    embedding_rows(weight, torch.tensor([1, 2])).sum().backward()
+    held, view = weight.grad, weight.grad.detach()[1]
+    expected = held.clone()
+    for kept in (held, view):
+        weight.grad = None
+        embedding_rows(weight, torch.tensor([3])).sum().backward()
+        assert weight.grad is not held and torch.equal(held, expected)
+        assert weight.grad[:3].abs().sum() == 0 and weight.grad[3].tolist() == [1.0, 1.0]
+        del held
+        held = kept
+    # nothing held any more: the kept tensor is reused, its old rows zeroed
+    address = weight.grad.data_ptr()  # the kept tensor is alive, so no new one can have it
+    del held, view, kept
+    weight.grad = None
+    embedding_rows(weight, torch.tensor([5])).sum().backward()
+    assert weight.grad.data_ptr() == address
+    assert weight.grad.sum() == 2 and weight.grad[5].tolist() == [1.0, 1.0]

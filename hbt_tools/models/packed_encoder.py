@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .dropout import dropout
+from .embedding_grad import embedding_rows
 from .fast_encoder import is_plain_bert, position_ids
 
 # Fixed cost of one more attention group, in (head x query x key) score elements: the ~20 extra
@@ -137,7 +138,7 @@ def packed_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     layout = PackedLayout(attention_mask, heads)
     emb = model.embeddings
     padding_idx = emb.padding_idx if config.model_type == "xlm-roberta" else None
-    x = (emb.word_embeddings(layout.pack(input_ids))
+    x = (embedding_rows(emb.word_embeddings.weight, layout.pack(input_ids))
          + emb.position_embeddings(layout.pack(position_ids(input_ids, padding_idx)))
          + emb.token_type_embeddings.weight[0])
     x = dropout(emb.LayerNorm(x), hidden_p, training)
