@@ -25,7 +25,7 @@ def models(tmp_path_factory):
     return {family: make_tiny_model(root, family) for family in FAMILIES + ("mbart",)}
 
 
-def batch(biencoder, tokenizer, count=12):
+def batch(tokenizer, count=12):
     """Sequences of 3 to ~60 tokens: several attention groups."""
     rows = tokenizer(texts()[:count - 1] + [" ".join(texts()[:8])], truncation=True,
                      max_length=64)["input_ids"]
@@ -51,7 +51,7 @@ def test_outputs_and_gradients_equal_transformers(models, family, monkeypatch):
     reference, tokenizer = load_biencoder(models[family])
     packed, _ = load_biencoder(models[family])
     assert packed.packable and supports_packing(packed.model)
-    ids, mask = batch(packed, tokenizer)
+    ids, mask = batch(tokenizer)
     groups = PackedLayout(mask, packed.config.num_attention_heads).groups
     assert len(groups) > 1 and any(g.pad_keys.any() for g in groups)
     weights = torch.randn(ids.shape[0], packed.config.hidden_size, generator=torch.Generator()
@@ -79,7 +79,7 @@ def test_eval_mode_and_left_padding_equal_transformers(models, family):
     """No dropout: the SDPA branch; left-padded rows too (positions and groups from the mask)."""
     biencoder, tokenizer = load_biencoder(models[family])
     model = biencoder.model.eval()
-    ids, mask = batch(biencoder, tokenizer)
+    ids, mask = batch(tokenizer)
     lengths = mask.sum(1)
     left_ids, left_mask = torch.full_like(ids, tokenizer.pad_token_id), torch.zeros_like(mask)
     for i, n in enumerate(lengths.tolist()):
@@ -105,7 +105,7 @@ def test_dropout_where_bert_has_it(models, monkeypatch):
     monkeypatch.setattr(packed_encoder, "dropout", spy)
     biencoder, tokenizer = load_biencoder(models["bert"])
     config = biencoder.config
-    ids, mask = batch(biencoder, tokenizer)
+    ids, mask = batch(tokenizer)
     layout = PackedLayout(mask, config.num_attention_heads)
     biencoder.train()
     biencoder(ids, mask)
@@ -122,7 +122,7 @@ def test_other_families_are_not_packed(models):
 
 def test_dropout_is_seeded_by_torch_and_differs_between_draws(models):
     biencoder, tokenizer = load_biencoder(models["xlm-roberta"])
-    ids, mask = batch(biencoder, tokenizer)
+    ids, mask = batch(tokenizer)
     biencoder.train()
     outputs = []
     for seed in (1, 1, 2):
