@@ -54,10 +54,11 @@ def add_row_gradients(weight: torch.Tensor, ids: torch.Tensor, rows: torch.Tenso
             kept = _KeptGradient(weight)
             weight._hbt_kept_gradient = kept
         weight.grad = kept.reset()
-    ours = kept is not None and weight.grad is kept.grad
-    unchanged = ours and weight.grad._version == kept.version
+    # rows are tracked only while the kept tensor is the gradient and nobody else wrote to it
+    tracked = (kept is not None and weight.grad is kept.grad
+               and weight.grad._version == kept.version)
     weight.grad.index_add_(0, ids, rows)
-    if unchanged:
+    if tracked:
         kept.written.append(ids)
         kept.version = weight.grad._version
 

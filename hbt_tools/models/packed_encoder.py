@@ -6,9 +6,9 @@ layer, layer norm, GELU and dropout mask paid for them. Here those run on the re
 packed into one ``[tokens, hidden]`` matrix; attention runs per group of sequences of similar
 length (padded within the group, :func:`length_groups`); dropout uses :mod:`.dropout`. The
 weights are the transformers model's own modules and parameters, so saving, checkpoints, the
-optimizer and gradient all-reduce see no difference; the computation is transformers' (same ops
-in the same dtypes under autocast) and tests/test_packed_encoder.py checks outputs and
-gradients against it.
+optimizer and gradient all-reduce see no difference. The computation is transformers' (its
+modules, GELU, residuals in the same dtypes under autocast; attention as its eager path, softmax
+in fp32) and tests/test_packed_encoder.py checks outputs and gradients against it.
 """
 from __future__ import annotations
 
@@ -72,10 +72,11 @@ class PackedLayout:
         self.batch, self.length = mask.shape
         device = mask.device
         lengths = mask.sum(1)
-        groups = length_groups(lengths.tolist(), heads)
+        counts = lengths.tolist()  # one device sync; group sizes below come from it
+        groups = length_groups(counts, heads)
         order = torch.tensor([i for group in groups for i in group], device=device)
         ordered = lengths[order]
-        total = int(ordered.sum())
+        total = sum(counts)
         firsts = torch.cumsum(ordered, 0) - ordered  # packed row of each sequence's first token
         within = torch.arange(total, device=device) - torch.repeat_interleave(firsts, ordered)
         # real tokens in row-major order, then reordered sequence by sequence
@@ -86,8 +87,8 @@ class PackedLayout:
         for group in groups:
             count = len(group)
             group_lengths = ordered[first:first + count]
-            length = int(group_lengths[0])
-            size = int(group_lengths.sum())
+            length = counts[group[0]]  # the longest: groups are sorted longest first
+            size = sum(counts[i] for i in group)
             rank = torch.repeat_interleave(torch.arange(count, device=device), group_lengths)
             keys = torch.arange(length, device=device)
             self.groups.append(Group(
