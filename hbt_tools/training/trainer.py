@@ -20,7 +20,7 @@ import orjson
 import torch
 
 from ..io import InputError, atomic_output, dumps_jsonl, iter_jsonl
-from ..memory import keep_freed_memory
+from ..memory import bound_kernel_caches, keep_freed_memory
 from ..models.encoder import load_biencoder, resolve_dtype
 from . import checkpoint as ckpt
 from . import layout
@@ -284,6 +284,7 @@ def train(config: TrainConfig, checked_lines: int | None = None) -> dict:
     if checked_lines is None:
         checked_lines = preflight(config)
     keep_freed_memory()  # activations and gradients reuse freed blocks (memory.py)
+    bound_kernel_caches()  # packed chunks have ever new shapes: no kernel cache per shape
     ctx = init_distributed(config.device)
     try:
         trainer = Trainer(config, ctx)
