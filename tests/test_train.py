@@ -2,6 +2,7 @@
 validation-based best model, bf16."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,24 @@ def test_log_schedule_and_final_model(tmp_path):
             biencoder.settings.passage_prefix, biencoder.settings.max_passage_length) == \
         ("cls", "q: ", "passage: ", 32)
     assert max_weight_diff(weights(tiny()), weights(out)) > 1e-4  # it trained
+
+
+def test_same_seed_saves_the_same_weights_when_the_model_lacks_some(tmp_path):
+    """mE5 ships no pooler weights: transformers draws them at load time, from the seed."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "no-pooler"
+    shutil.copytree(tiny("e5"), folder)
+    kept = {k: v for k, v in weights(folder).items() if not k.startswith("pooler.")}
+    save_file(kept, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    path = write_batches(tmp_path / "b.jsonl", make_batches(1, items=4, negatives=0))
+    saved = []
+    for run in ("a", "b"):
+        train_in_process("--model", folder, "--output", tmp_path / run, "--seed", 3,
+                         "--save-steps", 0, "--device", "cpu", "--quiet", path)
+        saved.append(weights(tmp_path / run))
+    assert any(k.startswith("pooler.") for k in saved[0])
+    assert max_weight_diff(*saved) == 0
 
 
 # ---------------------------------------------------------------- resume

@@ -126,6 +126,9 @@ class Trainer:
         overrides = dict(pooling=c.pooling, query_prefix=c.query_prefix,
                          passage_prefix=c.passage_prefix, max_query_length=c.max_query_length,
                          max_passage_length=c.max_passage_length)
+        # Weights the checkpoint lacks (mE5 ships no pooler) are drawn while loading: seeded,
+        # so that runs with one seed save the same files.
+        torch.manual_seed(c.seed)
         self.biencoder, self.tokenizer = load_biencoder(
             resume_from or c.model, trust_remote_code=c.trust_remote_code, **overrides)
         self.biencoder.float().to(ctx.device).train()  # fp32 master weights; bf16 via autocast
