@@ -121,8 +121,10 @@ def load_results(root: str | os.PathLike) -> Results:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         results.train_logs[path.parent.name] = [(r["step"], r["loss"]) for r in rows]
     if (root / "timings.jsonl").exists():
-        results.timings = [json.loads(line) for line in
-                           (root / "timings.jsonl").read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in
+                (root / "timings.jsonl").read_text().splitlines() if line.strip()]
+        # a command run again (a rescore after a protocol change) supersedes its earlier time
+        results.timings = list({row["step"]: row for row in rows}.values())
     return results
 
 

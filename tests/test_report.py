@@ -207,6 +207,14 @@ def test_wall_time_groups_commands_into_units_and_projects_the_protocol(tmp_path
     assert rows["total"][-1] == "**143** + unmeasured kinds |"   # 42 + 28 + 0.6 + 72 min
 
 
+def test_a_command_run_again_counts_once_with_its_latest_time(results_tree):
+    with open(results_tree / "timings.jsonl", "a") as fh:
+        fh.write('{"step": "train-mono-s0", "seconds": 90.0}\n')
+    timings = load_results(results_tree).timings
+    assert [(row["step"], row["seconds"]) for row in timings] == [
+        ("train-mono-s0", 90.0), ("encode-corpus-untrained-xquad-r", 30)]
+
+
 def test_equal_numbers_are_a_tie_not_an_ordering(results_tree):
     """MIRACL-mini's Recall@100 can be 1.000 for every system (every relevant passage in the
     top 100): equal numbers neither agree nor disagree with the paper's ordering."""
