@@ -4,14 +4,14 @@
 page-faulting; :func:`bound_kernel_caches` stops oneDNN from keeping a compiled kernel for every
 matrix shape it has seen.
 
-The first: glibc serves every allocation above its mmap threshold (32 MB at most) with a fresh ``mmap`` and
-returns it with ``munmap`` on free. An encoder's activations are of that size (16k tokens x 1,536
-bf16 = 50 MB per FFN output), so every op of every forward pass maps new pages and the kernel
-zero-fills them on first touch: hbt-encode took 2.2 million minor page faults for 400 XQuAD-R
-passages, about 9% of its time, and training re-faults its 384 MB word-embedding gradient each
-step. Raising the mmap and trim thresholds lets freed blocks be reused from the heap instead.
-Peak memory is unchanged (the same blocks are live at the peak); the numbers computed are the
-same bit for bit.
+The first: glibc serves every allocation above its mmap threshold (32 MB at most) with a fresh
+``mmap`` and returns it with ``munmap`` on free. An encoder's activations are of that size (16k
+tokens x 1,536 bf16 = 50 MB per FFN output), so every op of every forward pass maps new pages and
+the kernel zero-fills them on first touch: hbt-encode took 2.2 million minor page faults for 400
+XQuAD-R passages, about 9% of its time, and training re-faults its 384 MB word-embedding gradient
+each step. Raising the mmap and trim thresholds lets freed blocks be reused from the heap instead.
+Peak memory is unchanged (the same blocks are live at the peak); the numbers computed are the same
+bit for bit.
 """
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ def train(config: TrainConfig, checked_lines: int | None = None) -> dict:
     if checked_lines is None:
         checked_lines = preflight(config)
     keep_freed_memory()  # activations and gradients reuse freed blocks (memory.py)
-    bound_kernel_caches()  # packed chunks have ever new shapes: no kernel cache per shape
+    bound_kernel_caches()  # packed chunks bring new matmul shapes: few compiled kernels kept
     ctx = init_distributed(config.device)
     try:
         trainer = Trainer(config, ctx)
