@@ -1,17 +1,20 @@
 """hbt-encode's transformers-free encoder against transformers itself (the reference)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import ROOT
 from tiny_models import make_tiny_model, padded, texts
 
 from hbt_tools.models.encoder import BiEncoder, load_biencoder, load_inference_biencoder
 from hbt_tools.models.fast_encoder import FastBertEncoder, FastTokenizer, fast_path_config
+from hbt_tools.models.settings import RetrievalSettings
 
 FAST_FAMILIES = ("xlm-roberta", "bert", "labse", "e5")
 
@@ -113,6 +116,50 @@ def test_encoding_never_imports_transformers(models, tmp_path):
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=True)
     assert out.stdout.strip() == "[]", out.stdout[:500]
     assert (tmp_path / "out.npy").stat().st_size > 0
+
+
+def hub_cache_with(root, repo: str, folder: str, leave_out: str = "") -> None:
+    """``folder``'s files as the Hugging Face cache stores a download of ``repo`` at main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    storage = root / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, storage / "snapshots" / commit, ignore=shutil.ignore_patterns(
+        leave_out) if leave_out else None)
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(commit)
+
+
+# Loads hub names with the hub switched off; prints the encoder class and whether transformers
+# was imported.
+LOAD_BY_HUB_NAME = """
+import sys
+from hbt_tools.models.encoder import load_inference_biencoder
+biencoder, _ = load_inference_biencoder(sys.argv[1])
+print(type(biencoder.model).__name__, biencoder.settings.pooling,
+      any(m.split(".")[0] == "transformers" for m in sys.modules))
+"""
+
+
+def test_hub_models_run_on_the_fast_encoder_too(models, tmp_path):
+    hub = tmp_path / "hub"
+    hub_cache_with(hub, "someone/tiny-e5", models["e5"])
+    # a model hbt-train wrote and someone uploaded: its retrieval settings come with it
+    trained = shutil.copytree(models["e5"], tmp_path / "trained")
+    RetrievalSettings(pooling="cls").save(str(trained))
+    hub_cache_with(hub, "someone/trained-e5", str(trained))
+    # weights only as pytorch_model.bin (older repositories): transformers loads them
+    bin_only = shutil.copytree(models["xlm-roberta"], tmp_path / "bin-only")
+    torch.save(load_file(bin_only / "model.safetensors"), bin_only / "pytorch_model.bin")
+    hub_cache_with(hub, "someone/tiny-xlmr", str(bin_only), leave_out="model.safetensors")
+
+    def load(name: str) -> list[str]:
+        env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
+        return subprocess.run([sys.executable, "-c", LOAD_BY_HUB_NAME, name], check=True,
+                              capture_output=True, text=True, env=env, cwd=ROOT).stdout.split()
+
+    # mE5 told apart by the hub name (mean pooling), as for a folder
+    assert load("someone/tiny-e5") == ["FastBertEncoder", "mean", "False"]
+    assert load("someone/trained-e5") == ["FastBertEncoder", "cls", "False"]
+    assert load("someone/tiny-xlmr") == ["XLMRobertaModel", "mean", "True"]
 
 
 @pytest.mark.slow

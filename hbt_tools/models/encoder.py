@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ..io import InputError
-from .folder import check_model_folder, load_failure
+from .folder import check_model_folder, hub_snapshot, load_failure
 from .packed_encoder import packed_forward, supports_packing
 from .settings import RetrievalSettings, family_defaults
 
@@ -96,13 +96,15 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
 
 def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
                              **overrides) -> tuple[BiEncoder, object]:
-    """:func:`load_biencoder` for encoding only: a BERT / XLM-R folder runs on
+    """:func:`load_biencoder` for encoding only: a BERT / XLM-R folder or hub model runs on
     :mod:`.fast_encoder` (no transformers import: seconds less per start), anything else on
     transformers."""
     from .fast_encoder import FastTokenizer, fast_path_config, load_fast_encoder
 
     check_model_folder(name_or_path)
     path = resolve_model_path(name_or_path)
+    if not os.path.isdir(path):
+        path = hub_snapshot(path) or path
     config = fast_path_config(path) if os.path.isdir(path) else None
     if config is None:
         return load_biencoder(name_or_path, trust_remote_code=trust_remote_code, **overrides)

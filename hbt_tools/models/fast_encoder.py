@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import InputError
-from .folder import load_failure
+from .folder import FAST_PATH_FILES, load_failure
 
 MODEL_TYPES = ("bert", "xlm-roberta")
 # Prefixes that task heads put before the encoder's weight names (BertForX, XLMRobertaForX).
@@ -27,8 +27,7 @@ WEIGHT_PREFIXES = ("bert.", "roberta.")
 
 def fast_path_config(folder: str) -> dict | None:
     """The folder's config.json when this module can run it exactly, else None."""
-    files = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-    if not all(os.path.isfile(os.path.join(folder, name)) for name in files):
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in FAST_PATH_FILES):
         return None
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
         config = json.load(fh)

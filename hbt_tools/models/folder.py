@@ -7,6 +7,8 @@ import os
 
 from ..io import InputError
 
+# What hbt_tools.models.fast_encoder reads (hbt_retrieval.json besides, when there is one).
+FAST_PATH_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -40,3 +42,26 @@ def load_failure(error: Exception, where: str) -> InputError:
     text = str(error).strip()
     first = text.splitlines()[0] if text else type(error).__name__
     return InputError(f"cannot load a model from here ({first})", where)
+
+
+def hub_snapshot(name: str) -> str | None:
+    """The local folder (in the Hugging Face cache) holding hub model ``name``'s
+    :data:`FAST_PATH_FILES`, downloaded if needed; None when the repository lacks one of them
+    (e.g. weights only as pytorch_model.bin) or the hub cannot be reached: transformers then
+    loads ``name`` its own way, with its own error messages."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        folder = os.path.dirname(hf_hub_download(name, FAST_PATH_FILES[0]))
+        for file in FAST_PATH_FILES[1:]:
+            hf_hub_download(name, file)
+    except (OSError, ValueError, EntryNotFoundError):
+        return None
+    try:  # a model trained by hbt-train carries its retrieval settings
+        hf_hub_download(name, "hbt_retrieval.json")
+    except (OSError, ValueError, EntryNotFoundError):
+        pass
+    return folder
