@@ -239,3 +239,6 @@ def model_cases(tmp_path, args_for):
         yield f"model: {label}", args_for(model), None, f"{label}: cannot load a model"
     yield "model: a file", args_for(folder / "readme-only" / "README.md"), None, \
         "README.md: cannot load a model"
+    # a path, not a hub name: refused at once rather than asked of the hub (with retries)
+    yield "model: no such folder", args_for(folder / "no-such-model"), None, \
+        "no-such-model: cannot load a model from here (no such folder)"

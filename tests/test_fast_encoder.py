@@ -128,12 +128,12 @@ def hub_cache_with(root, repo: str, folder: str, leave_out: str = "") -> None:
     (storage / "refs" / "main").write_text(commit)
 
 
-# Loads hub names with the hub switched off; prints the encoder class and whether transformers
-# was imported.
+# Loads a hub name (argv[2]) with encoder.load_inference_biencoder or load_biencoder (argv[1]);
+# prints the encoder class, the pooling and whether transformers was imported.
 LOAD_BY_HUB_NAME = """
 import sys
-from hbt_tools.models.encoder import load_inference_biencoder
-biencoder, _ = load_inference_biencoder(sys.argv[1])
+from hbt_tools.models import encoder
+biencoder, _ = getattr(encoder, sys.argv[1])(sys.argv[2])
 print(type(biencoder.model).__name__, biencoder.settings.pooling,
       any(m.split(".")[0] == "transformers" for m in sys.modules))
 """
@@ -151,15 +151,30 @@ def test_hub_models_run_on_the_fast_encoder_too(models, tmp_path):
     torch.save(load_file(bin_only / "model.safetensors"), bin_only / "pytorch_model.bin")
     hub_cache_with(hub, "someone/tiny-xlmr", str(bin_only), leave_out="model.safetensors")
 
-    def load(name: str) -> list[str]:
+    def load(name: str, loader: str = "load_inference_biencoder") -> list[str]:
         env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
-        return subprocess.run([sys.executable, "-c", LOAD_BY_HUB_NAME, name], check=True,
-                              capture_output=True, text=True, env=env, cwd=ROOT).stdout.split()
+        return subprocess.run([sys.executable, "-c", LOAD_BY_HUB_NAME, loader, name],
+                              check=True, capture_output=True, text=True, env=env,
+                              cwd=ROOT).stdout.split()
 
     # mE5 told apart by the hub name (mean pooling), as for a folder
     assert load("someone/tiny-e5") == ["FastBertEncoder", "mean", "False"]
     assert load("someone/trained-e5") == ["FastBertEncoder", "cls", "False"]
+    assert load("someone/trained-e5", "load_biencoder") == ["BertModel", "cls", "True"]
     assert load("someone/tiny-xlmr") == ["XLMRobertaModel", "mean", "True"]
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from hbt_tools.io import InputError
+    from hbt_tools.models.folder import check_model_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in ("runs/hybird", "./model", "../model", "/no/such", "~/model", "a/b/c"):
+        with pytest.raises(InputError, match="no such folder"):
+            check_model_folder(name)
+    for hub_name in ("intfloat/multilingual-e5-small", "xlm-roberta-base", "other/hybird"):
+        check_model_folder(hub_name)  # left to the hub
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import sys
 import torch
 
 from ..io import InputError
-from .folder import check_model_folder, hub_snapshot, load_failure
+from .folder import check_model_folder, hub_file, hub_snapshot, load_failure
 from .packed_encoder import packed_forward, supports_packing
-from .settings import RetrievalSettings, family_defaults
+from .settings import SETTINGS_FILE, RetrievalSettings, family_defaults
 
 
 class BiEncoder(torch.nn.Module):
@@ -114,8 +114,12 @@ def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
 
 
 def _settings(path: str, model_type: str, name_or_path: str, overrides: dict) -> RetrievalSettings:
-    """The folder's ``hbt_retrieval.json`` (else the family's defaults), then ``overrides``."""
-    base = (RetrievalSettings.load(path) if os.path.isdir(path) else None) \
+    """The folder's (or hub model's) ``hbt_retrieval.json``, else the family's defaults; then
+    ``overrides``."""
+    if not os.path.isdir(path):  # a hub name
+        saved = hub_file(path, SETTINGS_FILE)
+        path = os.path.dirname(saved) if saved else ""
+    base = (RetrievalSettings.load(path) if path else None) \
         or family_defaults(model_type, name_or_path)
     return base.updated(**overrides)
 

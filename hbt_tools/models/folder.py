@@ -6,6 +6,7 @@ import json
 import os
 
 from ..io import InputError
+from .settings import SETTINGS_FILE
 
 # What hbt_tools.models.fast_encoder reads (hbt_retrieval.json besides, when there is one).
 FAST_PATH_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -14,14 +15,17 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def check_model_folder(name_or_path: str) -> None:
-    """Refuse a local file, or a local folder without a config.json naming a ``model_type`` or
-    without weights. Anything else (a hub name, the built-in model's name) passes unchecked."""
+    """Refuse a local file, a path that can only be local but does not exist, or a local folder
+    without a config.json naming a ``model_type`` or without weights. Anything else (a hub name,
+    the built-in model's name) passes unchecked."""
     def refuse(reason: str):
         raise InputError(f"cannot load a model from here ({reason})", name_or_path)
 
     if os.path.isfile(name_or_path):
         refuse("a file, expected a model folder")
     if not os.path.isdir(name_or_path):
+        if _is_local_path(name_or_path):  # else the hub would be asked, with retries
+            refuse("no such folder")
         return
     config_path = os.path.join(name_or_path, "config.json")
     if not os.path.isfile(config_path):
@@ -37,6 +41,16 @@ def check_model_folder(name_or_path: str) -> None:
         refuse(f"no weights: none of {', '.join(WEIGHT_FILES)}")
 
 
+def _is_local_path(name: str) -> bool:
+    """True when ``name`` cannot be a hub name (``org/model`` or ``model``): an absolute or
+    explicitly relative path, more than one ``/``, or a first part that is a local folder (a
+    mistyped ``runs/hybird``)."""
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep in name.replace(
+            "/", ""):
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
 def load_failure(error: Exception, where: str) -> InputError:
     """The usual one-line error for weights or files that fail to load: the error's first line."""
     text = str(error).strip()
@@ -44,24 +58,31 @@ def load_failure(error: Exception, where: str) -> InputError:
     return InputError(f"cannot load a model from here ({first})", where)
 
 
+def hub_file(name: str, file: str) -> str | None:
+    """The local path of hub model ``name``'s ``file`` (downloaded into the Hugging Face cache
+    if needed); None when the repository has no such file or the hub cannot be reached."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        return hf_hub_download(name, file)
+    except (OSError, ValueError, EntryNotFoundError):
+        return None
+
+
 def hub_snapshot(name: str) -> str | None:
     """The local folder (in the Hugging Face cache) holding hub model ``name``'s
-    :data:`FAST_PATH_FILES`, downloaded if needed; None when the repository lacks one of them
-    (e.g. weights only as pytorch_model.bin) or the hub cannot be reached: transformers then
-    loads ``name`` its own way, with its own error messages."""
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError:
-        return None
+    :data:`FAST_PATH_FILES` and its hbt_retrieval.json if it has one; None when the repository
+    lacks one of those files (e.g. weights only as pytorch_model.bin): transformers then loads
+    it its own way. A name the hub does not know, or a hub that cannot be reached while the
+    cache lacks the model, fails here (transformers would fail the same way, after retrying)."""
+    from huggingface_hub import hf_hub_download
+
     try:
         folder = os.path.dirname(hf_hub_download(name, FAST_PATH_FILES[0]))
-        for file in FAST_PATH_FILES[1:]:
-            hf_hub_download(name, file)
-    except (OSError, ValueError, EntryNotFoundError):
-        return None
-    try:  # a model trained by hbt-train carries its retrieval settings
-        hf_hub_download(name, "hbt_retrieval.json")
-    except (OSError, ValueError, EntryNotFoundError):
-        pass
-    return folder
+    except (OSError, ValueError) as e:
+        raise load_failure(e, name) from None
+    if all(hub_file(name, file) for file in FAST_PATH_FILES[1:]):
+        hub_file(name, SETTINGS_FILE)
+        return folder
+    return None
