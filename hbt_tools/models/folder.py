@@ -1,5 +1,6 @@
 """Torch-free checks of a model folder, so that a path that cannot be a model fails at once
-(before torch and transformers take seconds to load) with the usual one-line error."""
+(before torch and transformers take seconds to load) with the usual one-line error; a hub
+model's files in the Hugging Face cache."""
 from __future__ import annotations
 
 import json
@@ -45,8 +46,7 @@ def _is_local_path(name: str) -> bool:
     """True when ``name`` cannot be a hub name (``org/model`` or ``model``): an absolute or
     explicitly relative path, more than one ``/``, or a first part that is a local folder (a
     mistyped ``runs/hybird``)."""
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep in name.replace(
-            "/", ""):
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
         return True
     return "/" in name and os.path.isdir(name.split("/")[0])
 
@@ -72,17 +72,18 @@ def hub_file(name: str, file: str) -> str | None:
 
 def hub_snapshot(name: str) -> str | None:
     """The local folder (in the Hugging Face cache) holding hub model ``name``'s
-    :data:`FAST_PATH_FILES` and its hbt_retrieval.json if it has one; None when the repository
-    lacks one of those files (e.g. weights only as pytorch_model.bin): transformers then loads
-    it its own way. A name the hub does not know, or a hub that cannot be reached while the
-    cache lacks the model, fails here (transformers would fail the same way, after retrying)."""
-    from huggingface_hub import hf_hub_download
+    :data:`FAST_PATH_FILES` and its hbt_retrieval.json if it has one, fetched in one go; None
+    when the repository lacks one of those files (e.g. weights only as pytorch_model.bin):
+    transformers then loads it its own way. A name the hub does not know, or a hub that cannot
+    be reached while the cache lacks the model, fails here (transformers would fail the same
+    way, after retrying)."""
+    from huggingface_hub import errors, snapshot_download
 
     try:
-        folder = os.path.dirname(hf_hub_download(name, FAST_PATH_FILES[0]))
+        folder = snapshot_download(name, allow_patterns=[*FAST_PATH_FILES, SETTINGS_FILE])
+    except getattr(errors, "IncompleteSnapshotError", ()):
+        return None  # cached without some of these files: transformers may still load it
     except (OSError, ValueError) as e:
         raise load_failure(e, name) from None
-    if all(hub_file(name, file) for file in FAST_PATH_FILES[1:]):
-        hub_file(name, SETTINGS_FILE)
-        return folder
-    return None
+    complete = all(os.path.isfile(os.path.join(folder, file)) for file in FAST_PATH_FILES)
+    return folder if complete else None
