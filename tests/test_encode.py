@@ -45,13 +45,14 @@ def models_dir(tmp_path_factory):
 
 
 def reference_embeddings(model, texts, kind, **overrides):
-    """One text at a time through the shared model core (no batching, no sorting), fp32."""
+    """One text at a time through transformers' model (no batching, no sorting), fp32."""
     import torch
 
     from hbt_tools.models.encoder import load_biencoder, tokenize
 
     biencoder, tokenizer = load_biencoder(model, **overrides)
     biencoder.eval()
+    biencoder.packable = False  # transformers' own forward, not hbt-tools' packed one
     s = biencoder.settings
     out = []
     with torch.inference_mode():

@@ -49,6 +49,7 @@ def test_outputs_and_gradients_equal_transformers(models, family, monkeypatch):
     training runs) against transformers in eval mode: same embeddings, same gradients."""
     monkeypatch.setattr(packed_encoder, "dropout", no_dropout)
     reference, tokenizer = load_biencoder(models[family])
+    reference.packable = False  # transformers' own forward
     packed, _ = load_biencoder(models[family])
     assert packed.packable and supports_packing(packed.model)
     ids, mask = batch(tokenizer)
@@ -113,6 +114,21 @@ def test_dropout_where_bert_has_it(models, monkeypatch):
     probabilities = [((g.count, config.num_attention_heads, g.length, g.length),
                       config.attention_probs_dropout_prob, True) for g in layout.groups]
     assert calls == [hidden] + (probabilities + [hidden, hidden]) * config.num_hidden_layers
+
+
+def test_validation_and_encoding_run_packed_too(models, monkeypatch):
+    """Eval mode (hbt-train's validation, a hub model hbt-encode hands to transformers) skips
+    the padding as well; test_eval_mode_and_left_padding_equal_transformers checks the numbers."""
+    from hbt_tools.models import encoder
+
+    calls = []
+    monkeypatch.setattr(encoder, "packed_forward",
+                        lambda *args: calls.append(args) or packed_forward(*args))
+    biencoder, tokenizer = load_biencoder(models["xlm-roberta"])
+    biencoder.eval()
+    with torch.no_grad():
+        biencoder(*batch(tokenizer))
+    assert len(calls) == 1
 
 
 def test_other_families_are_not_packed(models):

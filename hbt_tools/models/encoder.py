@@ -36,7 +36,7 @@ class BiEncoder(torch.nn.Module):
         return self.model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.training and self.packable:  # hbt-train: see packed_encoder.py
+        if self.packable:  # no work on padding (training, validation): see packed_encoder.py
             out = packed_forward(self.model, input_ids, attention_mask)
         else:
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
