@@ -130,6 +130,10 @@ def group(name: str, example: str, **kwargs):
     return click.group(name=name, cls=HbtGroup, epilog="Example:\n" + example, **kwargs)
 
 
+quiet_option = click.option(
+    "--quiet", is_flag=True,
+    help="No progress bar (one is drawn only when stderr is a terminal anyway).")
+
 output_option = click.option(
     "-o", "--output", "output", default="-", show_default=True,
     help="Output file ('-' = stdout); written to a temporary file and renamed when complete.")

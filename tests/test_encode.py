@@ -354,3 +354,17 @@ def test_encode_texts_python_api(models_dir):
     prepare_model(biencoder, __import__("torch").float32)
     emb = encode_texts(biencoder, tokenizer, texts, "query", batch_tokens=64)
     np.testing.assert_allclose(emb, reference_embeddings(model, texts, "query"), atol=2e-5)
+
+
+def test_quiet_turns_the_progress_bar_off(models_dir, tmp_path, monkeypatch):
+    import hbt_tools.encoding
+
+    seen = []
+    real = hbt_tools.encoding.encode_file
+    monkeypatch.setattr(hbt_tools.encoding, "encode_file",
+                        lambda *a, **kw: seen.append(kw["progress"]) or real(*a, **kw))
+    model = make_tiny_model(models_dir, "bert")
+    data = write_jsonl(tmp_path / "q.jsonl", make_rows(3))
+    for extra in ([], ["--quiet"]):
+        invoke(["--model", model, "--kind", "query", data, "-o", tmp_path / "q.npy", *extra])
+    assert seen == [True, False]

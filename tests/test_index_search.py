@@ -359,3 +359,42 @@ def test_run_tags_and_ids_are_single_trec_words():
     for bad in ("", "a b", "a\x00b"):
         with pytest.raises(InputError, match="one word"):
             check_tag(bad)
+
+
+def stderr_on_a_terminal(command: list[str]) -> str:
+    """What ``command`` writes to stderr when stderr is a terminal (where bars are drawn)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # 24 x 80: a new pseudo-terminal is 0 columns wide, where tqdm draws an empty bar
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=follower, env=dict(os.environ, PYTHONPATH=ROOT)) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait() == 0, b"".join(chunks)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal")
+def test_quiet_draws_no_progress_bar_on_a_terminal(tied, tmp_path):
+    root = tied[0]
+    index = [sys.executable, os.path.join(ROOT, "bin", "hbt-index"), str(root / "c.npy"), "-o",
+             str(tmp_path / "idx")]
+    search = [sys.executable, os.path.join(ROOT, "bin", "hbt-search"), str(root / "q.npy"),
+              "--index", str(root / "c.index"), "-o", str(tmp_path / "run.trec")]
+    for command in (index, search):
+        assert "%|" in stderr_on_a_terminal(command)  # tqdm's bar
+        assert "%|" not in stderr_on_a_terminal([*command, "--quiet"])

@@ -4,7 +4,7 @@ import signal
 
 import click
 
-from ..cli import command
+from ..cli import command, quiet_option
 from ..encoding import DEFAULT_FIELDS, FIELD_PRESETS, KINDS, OUTPUT_DTYPES
 from .model_options import model_settings_options
 
@@ -48,9 +48,10 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
 @click.option("--shard", default=None, metavar="I/N",
               help="Encode only rows with index % N == I (0-based), e.g. 0/4 ... 3/4; one "
                    "process per GPU: CUDA_VISIBLE_DEVICES=I hbt-encode --shard I/N ...")
+@quiet_option
 def cli(input_path, model, kind, output, fields, template, pooling, query_prefix, passage_prefix,
         max_query_length, max_passage_length, max_length, dtype, output_dtype, batch_size,
-        batch_tokens, chunk_size, shard, device, trust_remote_code):
+        batch_tokens, chunk_size, shard, device, trust_remote_code, quiet):
     """Encode JSONL rows ({"id", "text", "lang", ...}) into embeddings with a bi-encoder.
 
     INPUT is a JSONL file ('-' or omitted = stdin). OUT.npy row i is line i of OUT.ids.jsonl.
@@ -70,7 +71,8 @@ def cli(input_path, model, kind, output, fields, template, pooling, query_prefix
         device=device, batch_size=batch_size, batch_tokens=batch_tokens, chunk_rows=chunk_size,
         shard=shard, output_dtype=output_dtype, trust_remote_code=trust_remote_code,
         pooling=pooling, query_prefix=query_prefix, passage_prefix=passage_prefix,
-        max_query_length=max_query_length, max_passage_length=max_passage_length)
+        max_query_length=max_query_length, max_passage_length=max_passage_length,
+        progress=not quiet)
     rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
     click.echo(f"hbt-encode: {summary.rows} rows x {summary.dim} -> {summary.output} "
                f"({summary.dtype} on {summary.device}, {summary.tokens} tokens in "

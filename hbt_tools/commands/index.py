@@ -2,7 +2,7 @@
 :func:`hbt_tools.indexing.index_embeddings`)."""
 import click
 
-from ..cli import command
+from ..cli import command, quiet_option
 from ..indexing import INDEX_TYPES, IndexSettings, index_embeddings
 from ..io import InputError
 
@@ -39,7 +39,8 @@ _TYPE_OPTIONS = {"hnsw_m": "hnsw", "ef_construction": "hnsw", "nlist": "ivfpq",
               help="ivfpq: rows sampled to train the quantisers [min(rows, 256·nlist)].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="ivfpq: seed of the training sample and k-means.")
-def cli(embeddings, output, index_type, seed, **type_options):
+@quiet_option
+def cli(embeddings, output, index_type, seed, quiet, **type_options):
     """Index embeddings (NAME.npy + NAME.ids.jsonl, as hbt-encode writes them) with faiss.
 
     Ids and languages travel with the index, so hbt-search needs only INDEX and the queries.
@@ -52,7 +53,8 @@ def cli(embeddings, output, index_type, seed, **type_options):
         if _TYPE_OPTIONS[name] != index_type:
             raise InputError(f"--{name.replace('_', '-')} applies to --type "
                              f"{_TYPE_OPTIONS[name]}, not {index_type}")
-    meta = index_embeddings(embeddings, output, IndexSettings(type=index_type, seed=seed, **given))
+    meta = index_embeddings(embeddings, output, IndexSettings(type=index_type, seed=seed, **given),
+                            progress=not quiet)
     click.echo(f"hbt-index: {meta['count']} rows of dim {meta['dim']} -> {output} "
                f"({meta['type']})", err=True)
 

@@ -2,7 +2,7 @@
 :func:`hbt_tools.search.search_to_run`)."""
 import click
 
-from ..cli import command, output_option
+from ..cli import command, output_option, quiet_option
 from ..io import parse_langs
 from ..search import search_to_run
 
@@ -29,7 +29,8 @@ hbt-search --index c.0.index --index c.1.index queries.npy -k 1000 | head
               help="hnsw: candidate list size while searching (at least k is used).")
 @click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
               help="ivfpq: inverted lists visited per query.")
-def cli(queries, index_dirs, k, lang, output, tag, batch_size, ef_search, nprobe):
+@quiet_option
+def cli(queries, index_dirs, k, lang, output, tag, batch_size, ef_search, nprobe, quiet):
     """Search QUERIES.npy (+ QUERIES.ids.jsonl) in INDEX and write a TREC run
     (qid Q0 docid rank score tag) to stdout or -o.
 
@@ -37,7 +38,8 @@ def cli(queries, index_dirs, k, lang, output, tag, batch_size, ef_search, nprobe
     Flat indexes give the exact top k, with or without --lang.
     """
     search_to_run(list(index_dirs), queries, output, k=k, langs=parse_langs(lang), tag=tag,
-                  batch_size=batch_size, ef_search=ef_search, nprobe=nprobe)
+                  batch_size=batch_size, ef_search=ef_search, nprobe=nprobe,
+                  progress=not quiet)
 
 
 def main():

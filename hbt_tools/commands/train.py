@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import command
+from ..cli import command, quiet_option
 from .model_options import model_settings_options
 
 EXAMPLE = """\
@@ -58,7 +58,7 @@ def _positive(ctx, param, value):
                    "gradients as the whole batch). Each chunk is a forward pass more: on a GPU "
                    "use the largest N that fits (H200, batch 512: N=256 took 1.6-1.9x plain "
                    "time, N=32 4.5-6.4x).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def cli(batches, model, output, max_steps, lr, weight_decay, temperature, warmup_steps, pooling,
         query_prefix, passage_prefix, max_query_length, max_passage_length, dtype, seed,
         save_steps, resume, validation, eval_steps, chunk_size, device, trust_remote_code,
