@@ -25,8 +25,9 @@ def check_model_folder(name_or_path: str) -> None:
     if os.path.isfile(name_or_path):
         refuse("a file, expected a model folder")
     if not os.path.isdir(name_or_path):
-        if _is_local_path(name_or_path):  # else the hub would be asked, with retries
-            refuse("no such folder")
+        reason = _why_not_a_hub_name(name_or_path)
+        if reason is not None:  # else the hub would be asked, with retries
+            refuse(f"no such folder{reason}")
         return
     config_path = os.path.join(name_or_path, "config.json")
     if not os.path.isfile(config_path):
@@ -42,13 +43,16 @@ def check_model_folder(name_or_path: str) -> None:
         refuse(f"no weights: none of {', '.join(WEIGHT_FILES)}")
 
 
-def _is_local_path(name: str) -> bool:
-    """True when ``name`` cannot be a hub name (``org/model`` or ``model``): an absolute or
-    explicitly relative path, more than one ``/``, or a first part that is a local folder (a
-    mistyped ``runs/hybird``)."""
+def _why_not_a_hub_name(name: str) -> str | None:
+    """None when ``name`` may be a hub name (``org/model`` or ``model``); else why it is a local
+    path: an absolute or explicitly relative path, more than one ``/``, or a first part that is
+    a local folder (a mistyped ``runs/hybird``; that reason is spelled out)."""
     if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-        return True
-    return "/" in name and os.path.isdir(name.split("/")[0])
+        return ""
+    first = name.split("/")[0]
+    if "/" in name and os.path.isdir(first):
+        return f"; {first}/ is a local folder, so this is not taken for a hub name"
+    return None
 
 
 def load_failure(error: Exception, where: str) -> InputError:
