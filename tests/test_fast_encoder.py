@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 from tiny_models import make_tiny_model, padded, texts
@@ -51,13 +51,8 @@ def test_same_tokens_and_hidden_states_as_transformers(models, family):
 
 
 def test_weights_saved_under_a_task_head_prefix(models, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path / "prefixed"
-    folder.mkdir()
-    for name in os.listdir(models["bert"]):
-        if name != "model.safetensors":
-            (folder / name).write_bytes(open(os.path.join(models["bert"], name), "rb").read())
+    folder = shutil.copytree(models["bert"], tmp_path / "prefixed",
+                             ignore=shutil.ignore_patterns("model.safetensors"))
     weights = load_file(os.path.join(models["bert"], "model.safetensors"))
     save_file({f"bert.{k}": v for k, v in weights.items()}, str(folder / "model.safetensors"))
     plain, _ = load_inference_biencoder(models["bert"])
@@ -70,8 +65,6 @@ def test_weights_saved_under_a_task_head_prefix(models, tmp_path):
 def test_cast_to_bf16_equals_an_encoder_built_from_bf16_weights(models):
     """.to(bf16) leaves the word-embedding table as stored and casts the looked-up rows: the
     output must equal that of an encoder whose every weight was bf16 from the start."""
-    from safetensors.torch import load_file
-
     config = fast_path_config(models["xlm-roberta"])
     weights = load_file(os.path.join(models["xlm-roberta"], "model.safetensors"))
     cast = FastBertEncoder(config, weights).to(torch.bfloat16)
@@ -96,10 +89,7 @@ def test_remote_code_and_unusual_configs_go_through_transformers(models, tmp_pat
         config = json.load(fh)
     for change in ({"auto_map": {"AutoModel": "x.Model"}}, {"hidden_act": "relu"},
                    {"position_embedding_type": "relative_key"}, {"is_decoder": True}):
-        folder = tmp_path / list(change)[0]
-        folder.mkdir()
-        for name in os.listdir(models["bert"]):
-            (folder / name).write_bytes(open(os.path.join(models["bert"], name), "rb").read())
+        folder = shutil.copytree(models["bert"], tmp_path / list(change)[0])
         (folder / "config.json").write_text(json.dumps({**config, **change}))
         assert fast_path_config(str(folder)) is None, change
 
