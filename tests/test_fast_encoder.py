@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT
 from tiny_models import make_tiny_model, padded, texts
 
-from hbt_tools.models.encoder import BiEncoder, load_biencoder, load_inference_biencoder
-from hbt_tools.models.fast_encoder import FastBertEncoder, FastTokenizer, fast_path_config
+from hbt_tools.models.encoder import BiEncoder, load_biencoder, load_inference_biencoder, pool
+from hbt_tools.models.fast_encoder import (FastBertEncoder, FastTokenizer, fast_path_config,
+                                           onednn_bf16_linear)
 from hbt_tools.models.settings import RetrievalSettings
 
 FAST_FAMILIES = ("xlm-roberta", "bert", "labse", "e5")
@@ -75,6 +77,38 @@ def test_cast_to_bf16_equals_an_encoder_built_from_bf16_weights(models):
         have, want = cast(ids, mask).last_hidden_state, built(ids, mask).last_hidden_state
     assert have.dtype == torch.bfloat16 and torch.equal(have, want)
     assert cast.to(torch.float32)(ids, mask).last_hidden_state.dtype == torch.float32
+
+
+@pytest.mark.skipif(not onednn_bf16_linear(), reason="oneDNN has no bf16 linear on this CPU")
+def test_bf16_linear_layers_fuse_bias_and_gelu(models):
+    """In bf16 the linear layers run as oneDNN matmuls with the bias (and GELU) fused: a
+    bias-only layer must equal F.linear bit for bit, and GELU on the fp32 accumulator must be
+    at least as close to the fp32 result as F.gelu on the rounded bf16 output."""
+    config = fast_path_config(models["bert"])
+    encoder = FastBertEncoder(config, load_file(os.path.join(models["bert"], "model.safetensors")))
+    encoder.to(torch.bfloat16)
+    x = torch.randn(3, 7, config["hidden_size"], generator=torch.Generator().manual_seed(0))
+    x = x.to(torch.bfloat16)
+    layer = "encoder.layer.0.intermediate.dense"
+    weight, bias = encoder.w(f"{layer}.weight"), encoder.w(f"{layer}.bias")
+    assert torch.equal(encoder._linear(x, layer), torch.nn.functional.linear(x, weight, bias))
+    exact = torch.nn.functional.gelu(torch.nn.functional.linear(x.float(), weight.float(),
+                                                                bias.float()))
+    fused = encoder._linear(x, layer, "gelu")
+    unfused = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+    assert fused.dtype == torch.bfloat16 and not torch.equal(fused, unfused)
+    assert (fused.float() - exact).abs().max() <= (unfused.float() - exact).abs().max()
+    assert (fused.float() - exact).abs().mean() < (unfused.float() - exact).abs().mean()
+
+
+def test_mean_pooling_of_bf16_states_is_not_rounded_to_bf16():
+    hidden = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    got = pool(SimpleNamespace(last_hidden_state=hidden), mask, "mean")
+    want = (hidden.double() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=0)
+    assert not torch.allclose(want.to(torch.bfloat16).double(), want, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("family", ["mbart", "mt5"])

@@ -69,8 +69,11 @@ def test_kernel_caches_stop_growing_with_new_shapes():
                               capture_output=True, text=True, env=env)
         return int(done.stdout)
 
-    assert growth_mb("default") > 150  # a kernel per shape: ~1 MB each, 900 shapes
-    assert growth_mb("bound") < 60
+    default = growth_mb("default")
+    assert default > 150  # a kernel per shape: ~1 MB each, 900 shapes
+    # 64 kernels stay: 23 MB on an AVX-512 CPU (AMD) against 526 MB unbounded, 70 MB on an
+    # AMX CPU (Intel, bigger kernels) against 450 MB
+    assert growth_mb("bound") < default / 3
 
 
 def test_kernel_cache_bound_keeps_the_users_setting(monkeypatch):

@@ -56,8 +56,12 @@ def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
             raise InputError("this model has no pooler layer; use --pooling cls or mean",
                              field="pooling")
         return pooled
+    # Summed in at least fp32 and returned so: a bf16 mean would round every embedding to
+    # 8 significant bits, enough to reorder near-tied passages (XQuAD-R candidates that share
+    # a paragraph) against the fp32 ranking.
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return (hidden * mask).sum(1, dtype=dtype) / mask.sum(1, dtype=dtype).clamp(min=1)
 
 
 def resolve_model_path(name_or_path: str) -> str:

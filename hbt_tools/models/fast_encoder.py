@@ -10,6 +10,7 @@ tests/test_fast_encoder.py checks outputs and token ids against transformers.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from types import SimpleNamespace
@@ -51,6 +52,14 @@ def position_ids(input_ids: torch.Tensor, padding_idx: int | None) -> torch.Tens
         return torch.arange(length, device=input_ids.device).expand(batch, length)
     real = (input_ids != padding_idx).long()
     return torch.cumsum(real, dim=1) * real + padding_idx
+
+
+@functools.cache
+def onednn_bf16_linear() -> bool:
+    """Whether oneDNN's fused linear op runs bf16 here (x86 CPUs with AVX-512 or AMX)."""
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class FastTokenizer:
@@ -124,8 +133,16 @@ class FastBertEncoder(torch.nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias"),
                             self.eps)
 
-    def _linear(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
-        return F.linear(x, self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias"))
+    def _linear(self, x: torch.Tensor, prefix: str, activation: str = "none") -> torch.Tensor:
+        """``activation(x @ W.T + b)``, activation "none" or "gelu" (erf, as BERT's)."""
+        weight, bias = self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias")
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and onednn_bf16_linear():
+            # oneDNN adds the bias (and GELU) in the matmul's own output pass, on the fp32
+            # accumulator: the bias-only result is bit for bit F.linear's, 15-35% faster on
+            # AMX; GELU before rounding to bf16 is more accurate than F.gelu afterwards.
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none")
+        out = F.linear(x, weight, bias)
+        return F.gelu(out) if activation == "gelu" else out
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         batch, length = input_ids.shape
@@ -145,7 +162,7 @@ class FastBertEncoder(torch.nn.Module):
             context = context.transpose(1, 2).reshape(batch, length, -1)
             x = self._norm(self._linear(context, f"{p}.attention.output.dense") + x,
                            f"{p}.attention.output.LayerNorm")
-            hidden = F.gelu(self._linear(x, f"{p}.intermediate.dense"))
+            hidden = self._linear(x, f"{p}.intermediate.dense", "gelu")
             x = self._norm(self._linear(hidden, f"{p}.output.dense") + x,
                            f"{p}.output.LayerNorm")
         pooled = torch.tanh(self._linear(x[:, 0], "pooler.dense")) \
