@@ -5,8 +5,8 @@ Order: hits are ranked as trec_eval ranks them when it reads the run back, by th
 shard is asked for k + 1 hits, and again for more while its k-th and (k+1)-th printed scores are
 equal, so no tied passage is dropped at the cut; shards are merged by the same order.
 
-``--lang`` restricts candidates: a flat shard is searched through a sub-index of that language's
-vectors (exact, at BLAS speed); hnsw and ivfpq shards through a faiss ID selector.
+Flat shards are scored by :func:`flat_top_k` (numpy's BLAS, faiss' heaps); ``--lang`` restricts
+them to that language's rows of vectors, and hnsw and ivfpq shards through a faiss ID selector.
 """
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ class _Target:
     index_type: str
     count: int                         # candidates
     offset: int                        # the shard's first global label
-    label_map: np.ndarray | None = None  # sub-index row -> shard row
+    label_map: np.ndarray | None = None  # row of vectors -> shard row
     selector: object = None            # faiss IDSelector (hnsw, ivfpq) restricting candidates
+    vectors: np.ndarray | None = None  # a flat target's candidates, searched by flat_top_k
 
 
 class Searcher:
@@ -94,7 +95,9 @@ class Searcher:
     def _target(self, index: DenseIndex, offset: int, langs) -> _Target | None:
         import faiss
 
-        whole = _Target(index.faiss_index, index.type, len(index.ids), offset)
+        flat = index.type == "flat"
+        whole = _Target(index.faiss_index, index.type, len(index.ids), offset,
+                        vectors=index.flat_vectors() if flat else None)
         if not langs:
             return whole
         rows = index.rows_in_langs(langs)
@@ -102,10 +105,9 @@ class Searcher:
             return None
         if rows.size == whole.count:
             return whole
-        if index.type == "flat":
-            sub_index = faiss.IndexFlatIP(index.dim)
-            sub_index.add(index.flat_vectors()[rows])
-            return _Target(sub_index, "flat", rows.size, offset, label_map=rows)
+        if flat:
+            return _Target(index.faiss_index, "flat", rows.size, offset, label_map=rows,
+                           vectors=whole.vectors[rows])
         return _Target(index.faiss_index, index.type, rows.size, offset,
                        selector=faiss.IDSelectorBatch(rows))
 
@@ -132,17 +134,21 @@ class Searcher:
             params.sel = target.selector
         return params
 
+    def _top(self, target: _Target, queries: np.ndarray, kk: int):
+        if target.vectors is not None:
+            return flat_top_k(target.vectors, queries, kk)
+        return target.faiss_index.search(queries, kk, params=self._params(target, kk))
+
     def _search_target(self, target: _Target, queries: np.ndarray, k: int):
         """Top hits of one target, widened until no printed-score tie crosses the k-th hit."""
         kk = min(k + 1, target.count)
-        scores, labels = target.faiss_index.search(queries, kk, params=self._params(target, kk))
+        scores, labels = self._top(target, queries, kk)
         if kk > k:
             printed = printed_scores(scores)
             open_rows = np.flatnonzero((labels[:, k] >= 0) & (printed[:, k] == printed[:, k - 1]))
             while open_rows.size and kk < target.count:
                 kk = min(2 * kk, target.count)
-                more_scores, more_labels = target.faiss_index.search(
-                    queries[open_rows], kk, params=self._params(target, kk))
+                more_scores, more_labels = self._top(target, queries[open_rows], kk)
                 scores, labels = _widen(scores, kk, -np.inf), _widen(labels, kk, -1)
                 scores[open_rows], labels[open_rows] = more_scores, more_labels
                 printed_more = printed_scores(more_scores)
@@ -175,6 +181,32 @@ class Searcher:
         if scores.shape[1] < k:
             scores, labels = _widen(scores, k, -np.inf), _widen(labels, k, -1)
         return scores, labels
+
+
+FLAT_BLOCK_ROWS = 2048  # candidates scored per matrix product: 32 MB for 4,096 queries
+
+
+def flat_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products, ``(scores, rows)`` best first (row -1 = no hit), as
+    faiss' ``IndexFlatIP.search`` computes them: scores block by block, kept in faiss' heaps.
+
+    The products run on numpy's BLAS rather than faiss': faiss-cpu wheels bundle an OpenBLAS
+    (0.3.15 in faiss-cpu 1.15) that predates recent CPUs, and on an Intel Xeon with AMX it ran
+    at ~50 GFLOP/s against ~140 for numpy's (4,096 x 100k x 384: 6.2 s vs 2.5 s).
+    """
+    import faiss
+
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    heaps = faiss.float_minheap_array_t()  # a min-heap per query keeps its k largest
+    heaps.k, heaps.nh = k, len(queries)
+    heaps.val, heaps.ids = faiss.swig_ptr(scores), faiss.swig_ptr(rows)
+    heaps.heapify()
+    for start in range(0, len(vectors), FLAT_BLOCK_ROWS):
+        block = np.ascontiguousarray(queries @ vectors[start:start + FLAT_BLOCK_ROWS].T)
+        heaps.addn(block.shape[1], faiss.swig_ptr(block), start)
+    heaps.reorder()
+    return scores, rows
 
 
 def _widen(array: np.ndarray, width: int, fill) -> np.ndarray:

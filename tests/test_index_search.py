@@ -176,6 +176,38 @@ def test_ties_across_the_cut_and_small_batches(tied):
         assert got == brute_force_run(queries, qids, passages, docids, k, tag="t"), k
 
 
+def test_flat_top_k_equals_faiss_index_flat_ip_across_blocks(monkeypatch):
+    import faiss
+
+    from hbt_tools import search
+
+    monkeypatch.setattr(search, "FLAT_BLOCK_ROWS", 7)  # 50 candidates: 8 blocks, the last short
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((50, 8), dtype=np.float32)
+    queries = rng.standard_normal((6, 8), dtype=np.float32)
+    reference = faiss.IndexFlatIP(8)
+    reference.add(vectors)
+    for k in (1, 10, 50, 60):
+        want_scores, want_rows = reference.search(queries, k)
+        scores, rows = search.flat_top_k(vectors, queries, k)
+        assert np.array_equal(rows, want_rows), k
+        assert np.allclose(scores, want_scores, rtol=1e-5, atol=1e-6), k
+    assert (rows[:, 50:] == -1).all()
+
+
+def test_ties_survive_block_boundaries(tied, monkeypatch):
+    from hbt_tools import search
+
+    monkeypatch.setattr(search, "FLAT_BLOCK_ROWS", 5)
+    root, passages, queries = tied
+    docids = [f"d{i}" for i in range(len(passages))]
+    for k in (7, 64):
+        got = run_text([root / "c.index"], root / "q.npy", k=k, tag="t")
+        want = brute_force_run(queries, [f"q{i}" for i in range(40)], passages, docids, k,
+                               tag="t")
+        assert got == want, k
+
+
 def test_k_beyond_the_corpus_lists_every_passage(tmp_path):
     passages = tied_vectors(12)
     write_embeddings(tmp_path / "c.npy", passages)
