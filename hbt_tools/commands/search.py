@@ -24,7 +24,8 @@ hbt-search --index c.0.index --index c.1.index queries.npy -k 1000 | head
 @output_option
 @click.option("--tag", default="hbt", show_default=True, help="Run tag (last column).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Queries per faiss search call.")
+              help="Queries searched at a time (a batch's run is written while the next is "
+                   "searched).")
 @click.option("--ef-search", type=click.IntRange(min=1), default=128, show_default=True,
               help="hnsw: candidate list size while searching (at least k is used).")
 @click.option("--nprobe", type=click.IntRange(min=1), default=16, show_default=True,
