@@ -75,19 +75,17 @@ def hub_file(name: str, file: str) -> str | None:
 
 
 def hub_snapshot(name: str) -> str | None:
-    """The local folder (in the Hugging Face cache) holding hub model ``name``'s
-    :data:`FAST_PATH_FILES` and its hbt_retrieval.json if it has one, fetched in one go; None
-    when the repository lacks one of those files (e.g. weights only as pytorch_model.bin):
-    transformers then loads it its own way. A name the hub does not know, or a hub that cannot
-    be reached while the cache lacks the model, fails here (transformers would fail the same
-    way, after retrying)."""
+    """The local folder (in the Hugging Face cache) holding what hub model ``name`` has of
+    :data:`FAST_PATH_FILES` and hbt_retrieval.json, fetched in one go, or None where the cache
+    cannot complete the snapshot. A repository lacking some of those files (e.g. weights only
+    as pytorch_model.bin) fails :func:`fast_encoder.fast_path_config` and goes to transformers.
+    A name the hub does not know, or a hub that cannot be reached while the cache lacks the
+    model, fails here (transformers would fail the same way, after retrying)."""
     from huggingface_hub import errors, snapshot_download
 
     try:
-        folder = snapshot_download(name, allow_patterns=[*FAST_PATH_FILES, SETTINGS_FILE])
+        return snapshot_download(name, allow_patterns=[*FAST_PATH_FILES, SETTINGS_FILE])
     except getattr(errors, "IncompleteSnapshotError", ()):
         return None  # cached without some of these files: transformers may still load it
     except (OSError, ValueError) as e:
         raise load_failure(e, name) from None
-    complete = all(os.path.isfile(os.path.join(folder, file)) for file in FAST_PATH_FILES)
-    return folder if complete else None
