@@ -10,8 +10,16 @@ TEXT = os.path.join(HERE, "data", "multilingual.txt")
 FAMILIES = ("xlm-roberta", "bert", "labse", "e5", "mbart", "mt5")
 
 
-@functools.lru_cache(maxsize=None)
-def _tokenizer_json(vocab_size: int = 3000) -> str:
+TOKENIZER = os.path.join(HERE, "data", "tiny-unigram.json")
+
+
+def train_tokenizer_json(vocab_size: int = 3000) -> str:
+    """A Unigram tokenizer (XLM-R's kind) trained on the bundled text.
+
+    The trainer's scores differ from run to run (its EM sums in parallel, in hash order), and
+    so do the token ids; tests read the copy stored in ``TOKENIZER`` so that every run feeds the
+    same ids to the same random weights. ``python tests/tiny_models.py`` rewrites it.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers, decoders
 
     tok = Tokenizer(models.Unigram())
@@ -23,6 +31,12 @@ def _tokenizer_json(vocab_size: int = 3000) -> str:
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tok.train([TEXT], trainer)
     return tok.to_str()
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_json() -> str:
+    with open(TOKENIZER, encoding="utf-8") as fh:
+        return fh.read()
 
 
 def make_tokenizer():
@@ -102,3 +116,9 @@ def padded(token_ids, pad_id):
     for i, row in enumerate(token_ids):
         ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
     return ids, mask
+
+
+if __name__ == "__main__":
+    with open(TOKENIZER, "w", encoding="utf-8") as fh:
+        fh.write(train_tokenizer_json())
+    print(f"wrote {TOKENIZER}")
