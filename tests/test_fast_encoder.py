@@ -153,13 +153,19 @@ def hub_cache_with(root, repo: str, folder: str, leave_out: str = "") -> None:
 
 
 # Loads a hub name (argv[2]) with encoder.load_inference_biencoder or load_biencoder (argv[1]);
-# prints the encoder class, the pooling and whether transformers was imported.
+# prints the encoder class, the pooling, whether transformers was imported and how many files
+# were asked of the hub one by one (hub_file) after the snapshot.
 LOAD_BY_HUB_NAME = """
 import sys
 from hbt_tools.models import encoder
+asked = []
+def hub_file(name, file, _real=encoder.hub_file):
+    asked.append(file)
+    return _real(name, file)
+encoder.hub_file = hub_file
 biencoder, _ = getattr(encoder, sys.argv[1])(sys.argv[2])
 print(type(biencoder.model).__name__, biencoder.settings.pooling,
-      any(m.split(".")[0] == "transformers" for m in sys.modules))
+      any(m.split(".")[0] == "transformers" for m in sys.modules), len(asked))
 """
 
 
@@ -174,6 +180,10 @@ def test_hub_models_run_on_the_fast_encoder_too(models, tmp_path):
     bin_only = shutil.copytree(models["xlm-roberta"], tmp_path / "bin-only")
     torch.save(load_file(bin_only / "model.safetensors"), bin_only / "pytorch_model.bin")
     hub_cache_with(hub, "someone/tiny-xlmr", str(bin_only), leave_out="model.safetensors")
+    # a complete snapshot of a family the fast encoder does not run: settings from the snapshot
+    trained_mbart = shutil.copytree(models["mbart"], tmp_path / "trained-mbart")
+    RetrievalSettings(pooling="cls").save(str(trained_mbart))  # mBART's default: mean
+    hub_cache_with(hub, "someone/trained-mbart", str(trained_mbart))
 
     def load(name: str, loader: str = "load_inference_biencoder") -> list[str]:
         env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1")
@@ -182,10 +192,11 @@ def test_hub_models_run_on_the_fast_encoder_too(models, tmp_path):
                               cwd=ROOT).stdout.split()
 
     # mE5 told apart by the hub name (mean pooling), as for a folder
-    assert load("someone/tiny-e5") == ["FastBertEncoder", "mean", "False"]
-    assert load("someone/trained-e5") == ["FastBertEncoder", "cls", "False"]
-    assert load("someone/trained-e5", "load_biencoder") == ["BertModel", "cls", "True"]
-    assert load("someone/tiny-xlmr") == ["XLMRobertaModel", "mean", "True"]
+    assert load("someone/tiny-e5") == ["FastBertEncoder", "mean", "False", "0"]
+    assert load("someone/trained-e5") == ["FastBertEncoder", "cls", "False", "0"]
+    assert load("someone/trained-e5", "load_biencoder") == ["BertModel", "cls", "True", "1"]
+    assert load("someone/tiny-xlmr") == ["XLMRobertaModel", "mean", "True", "0"]
+    assert load("someone/trained-mbart")[1:] == ["cls", "True", "0"]
 
 
 def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):

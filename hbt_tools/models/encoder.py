@@ -74,10 +74,11 @@ def resolve_model_path(name_or_path: str) -> str:
     return builtin or name_or_path
 
 
-def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
-                   **overrides) -> tuple[BiEncoder, object]:
-    """Load model + tokenizer; settings = saved ``hbt_retrieval.json`` or family defaults,
-    then any non-None ``overrides`` (pooling, query_prefix, max_query_length, ...)."""
+def load_biencoder(name_or_path: str, trust_remote_code: bool = False, *,
+                   settings_folder: str | None = None, **overrides) -> tuple[BiEncoder, object]:
+    """Load model + tokenizer; settings = saved ``hbt_retrieval.json`` (of ``settings_folder``
+    where the caller already holds the hub model's snapshot) or family defaults, then any
+    non-None ``overrides`` (pooling, query_prefix, max_query_length, ...)."""
     import transformers
     from safetensors import SafetensorError
 
@@ -93,7 +94,7 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False,
                 output_loading_info=True)
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise load_failure(e, name_or_path) from None
-    settings = _settings(path, config.model_type, name_or_path, overrides)
+    settings = _settings(settings_folder or path, config.model_type, name_or_path, overrides)
     _check_missing_weights(loading_info.get("missing_keys", ()), settings, name_or_path)
     return BiEncoder(model, settings), tokenizer
 
@@ -110,8 +111,10 @@ def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
     if not os.path.isdir(path):
         path = hub_snapshot(path) or path
     config = fast_path_config(path) if os.path.isdir(path) else None
-    if config is None:
-        return load_biencoder(name_or_path, trust_remote_code=trust_remote_code, **overrides)
+    if config is None:  # a snapshot already holds hbt_retrieval.json if the model has one
+        return load_biencoder(name_or_path, trust_remote_code=trust_remote_code,
+                              settings_folder=path if os.path.isdir(path) else None,
+                              **overrides)
     return (BiEncoder(load_fast_encoder(path, config),
                       _settings(path, config["model_type"], name_or_path, overrides)),
             FastTokenizer(path))
