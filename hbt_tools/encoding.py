@@ -37,7 +37,8 @@ import numpy as np
 
 from .io import (InputError, STDIO, display_name, dumps_jsonl, field, iter_lines,
                  parse_json_line, sidecar_path)
-from .models.folder import check_model_folder
+from .models.fast_tokenizer import TokenizerProcess, start_tokenizer_process
+from .models.folder import check_model_folder, inference_folder
 
 KINDS = ("query", "passage")
 DEFAULT_FIELDS = {"query": "text", "passage": "title?,text,context?"}
@@ -416,16 +417,37 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     # Read and check the first chunk before loading the model: a bad file fails in a moment.
     chunks = iter_chunks(input_path, recipe, chunk_rows, shard_spec)
     first_chunk = next(chunks)
+    folder = inference_folder(model)
+    # before torch is imported: loading the tokenizer overlaps with that import
+    tokenizer = start_tokenizer_process(folder.path) if folder.fast_config else None
+    try:
+        from .memory import keep_freed_memory
+        from .models.encoder import load_inference_biencoder, resolve_device, resolve_dtype
 
-    from .memory import keep_freed_memory
-    from .models.encoder import load_inference_biencoder, resolve_device, resolve_dtype
+        keep_freed_memory()  # activations reuse freed blocks instead of page-faulting each op
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        biencoder, tokenizer = load_inference_biencoder(
+            model, trust_remote_code=trust_remote_code, folder=folder, tokenizer=tokenizer,
+            **settings_overrides)
+        prepare_model(biencoder, torch_dtype, torch_device)
+        start = time.perf_counter()
+        writer, tokens = _encode_chunks(biencoder, tokenizer,
+                                        itertools.chain([first_chunk], chunks), kind, input_path,
+                                        output, batch_tokens, batch_size, output_dtype, progress)
+        return EncodeSummary(writer.rows, writer.dim, tokens, time.perf_counter() - start,
+                             str(torch_dtype).replace("torch.", ""), output,
+                             str(next(biencoder.parameters()).device))
+    finally:
+        if isinstance(tokenizer, TokenizerProcess):
+            tokenizer.close()
 
-    keep_freed_memory()  # activations reuse freed blocks instead of page-faulting each op
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    biencoder, tokenizer = load_inference_biencoder(model, trust_remote_code=trust_remote_code,
-                                                    **settings_overrides)
-    prepare_model(biencoder, torch_dtype, torch_device)
+
+def _encode_chunks(biencoder, tokenizer, chunks: Iterator[Chunk], kind: str, input_path,
+                   output: str, batch_tokens: int, batch_size: int, output_dtype: str,
+                   progress: bool) -> tuple[EmbeddingWriter, int]:
+    """:func:`encode_file`'s work once the model is loaded: tokenize (one chunk ahead), embed,
+    write; returns the committed writer and the tokens encoded."""
     settings = biencoder.settings
     prefix, max_length = settings.prefix(kind), settings.max_length(kind)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -442,10 +464,9 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
         nonlocal tokens
         tokens += n
 
-    start = time.perf_counter()
     writer = EmbeddingWriter(output, biencoder.config.hidden_size, OUTPUT_DTYPES[output_dtype])
     try:
-        for chunk in prefetch(itertools.chain([first_chunk], chunks), tokenized):
+        for chunk in prefetch(chunks, tokenized):
             emb = embed_token_ids(biencoder, chunk.token_ids, pad_id, batch_tokens, batch_size,
                                   on_batch=count_tokens)
             _check_finite(emb, chunk, input_path)
@@ -458,9 +479,7 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
         raise
     finally:
         bar.close()
-    return EncodeSummary(writer.rows, writer.dim, tokens, time.perf_counter() - start,
-                         str(torch_dtype).replace("torch.", ""), output,
-                         str(next(biencoder.parameters()).device))
+    return writer, tokens
 
 
 def _check_finite(emb: np.ndarray, chunk: Chunk, path) -> None:

@@ -27,6 +27,9 @@ class InputError(Exception):
         super().__init__(message)
         self.message, self.path, self.line, self.field = message, path, line, field
 
+    def __reduce__(self):  # whole, across a process boundary (hbt-encode's tokenizer process)
+        return type(self), (self.message, self.path, self.line, self.field)
+
     def __str__(self) -> str:
         where = display_name(self.path) if self.path is not None else ""
         if self.line is not None:

@@ -4,10 +4,12 @@ A command's test module subclasses :class:`CommandContract`, names the command a
 build a valid invocation; the mixin then checks --help, missing files and bad input files.
 """
 import os
+import shutil
 
 import orjson
 
 from conftest import run_cli
+from tiny_models import make_tiny_model
 
 
 class CommandContract:
@@ -236,6 +238,14 @@ def model_cases(tmp_path, args_for):
         model.mkdir(exist_ok=True)
         for file_name, text in files.items():
             (model / file_name).write_text(text)
+        yield f"model: {label}", args_for(model), None, f"{label}: cannot load a model"
+    # a real model whose tokenizer files are broken (hbt-encode reads them in a worker process)
+    for broken in ("tokenizer.json", "tokenizer_config.json"):
+        label = f"broken-{broken.replace('.', '-')}"
+        model = folder / label
+        if not model.exists():
+            shutil.copytree(make_tiny_model(folder, "xlm-roberta"), model)
+            (model / broken).write_text('{"truncated": ')
         yield f"model: {label}", args_for(model), None, f"{label}: cannot load a model"
     yield "model: a file", args_for(folder / "readme-only" / "README.md"), None, \
         "README.md: cannot load a model"

@@ -14,8 +14,9 @@ from conftest import ROOT
 from tiny_models import make_tiny_model, padded, texts
 
 from hbt_tools.models.encoder import BiEncoder, load_biencoder, load_inference_biencoder, pool
-from hbt_tools.models.fast_encoder import (FastBertEncoder, FastTokenizer, fast_path_config,
-                                           onednn_bf16_linear)
+from hbt_tools.models.fast_encoder import FastBertEncoder, onednn_bf16_linear
+from hbt_tools.models.fast_tokenizer import FastTokenizer
+from hbt_tools.models.folder import fast_path_config
 from hbt_tools.models.settings import RetrievalSettings
 
 FAST_FAMILIES = ("xlm-roberta", "bert", "labse", "e5")

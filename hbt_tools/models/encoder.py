@@ -13,7 +13,9 @@ import sys
 import torch
 
 from ..io import InputError
-from .folder import check_model_folder, hub_file, hub_snapshot, load_failure
+from .fast_tokenizer import FastTokenizer
+from .folder import (InferenceFolder, check_model_folder, hub_file, inference_folder,
+                     load_failure, resolve_model_path)
 from .packed_encoder import packed_forward, supports_packing
 from .settings import SETTINGS_FILE, RetrievalSettings, family_defaults
 
@@ -64,16 +66,6 @@ def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     return (hidden * mask).sum(1, dtype=dtype) / mask.sum(1, dtype=dtype).clamp(min=1)
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder, a built-in offline name (``multilingual-e5-small``), or a hub name."""
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    from .offline import resolve_builtin
-
-    builtin = resolve_builtin(name_or_path)
-    return builtin or name_or_path
-
-
 def load_biencoder(name_or_path: str, trust_remote_code: bool = False, *,
                    settings_folder: str | None = None, **overrides) -> tuple[BiEncoder, object]:
     """Load model + tokenizer; settings = saved ``hbt_retrieval.json`` (of ``settings_folder``
@@ -99,25 +91,24 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False, *,
     return BiEncoder(model, settings), tokenizer
 
 
-def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
+def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False, *,
+                             folder: InferenceFolder | None = None, tokenizer=None,
                              **overrides) -> tuple[BiEncoder, object]:
     """:func:`load_biencoder` for encoding only: a BERT / XLM-R folder or hub model runs on
     :mod:`.fast_encoder` (no transformers import: seconds less per start), anything else on
-    transformers."""
-    from .fast_encoder import FastTokenizer, fast_path_config, load_fast_encoder
+    transformers. ``folder``: :func:`.folder.inference_folder` of the name, where the caller
+    has it already; ``tokenizer``: the fast path's tokenizer, where the caller started one
+    (:func:`.fast_tokenizer.start_tokenizer_process`)."""
+    from .fast_encoder import load_fast_encoder
 
-    check_model_folder(name_or_path)
-    path = resolve_model_path(name_or_path)
-    if not os.path.isdir(path):
-        path = hub_snapshot(path) or path
-    config = fast_path_config(path) if os.path.isdir(path) else None
+    path, config = folder or inference_folder(name_or_path)
     if config is None:  # a snapshot already holds hbt_retrieval.json if the model has one
         return load_biencoder(name_or_path, trust_remote_code=trust_remote_code,
                               settings_folder=path if os.path.isdir(path) else None,
                               **overrides)
     return (BiEncoder(load_fast_encoder(path, config),
                       _settings(path, config["model_type"], name_or_path, overrides)),
-            FastTokenizer(path))
+            tokenizer or FastTokenizer(path))
 
 
 def _settings(path: str, model_type: str, name_or_path: str, overrides: dict) -> RetrievalSettings:

@@ -4,14 +4,14 @@ Importing transformers costs hbt-encode 2-3 s of every start (it pulls in torch.
 torch.distributed, sympy, jinja2, ...): more than encoding a few hundred passages. For the
 plain BERT architecture (mE5, LaBSE, mBERT) and XLM-R, this module does the same computation as
 transformers' ``BertModel`` / ``XLMRobertaModel`` in eval mode, from the folder's config.json
-and model.safetensors, with tokenizer.json run by the ``tokenizers`` library. Anything else
-(other families, remote code, sharded or .bin weights, hub names) goes through transformers.
+and model.safetensors, with tokenizer.json run by the ``tokenizers`` library
+(:mod:`.fast_tokenizer`). Anything else (other families, remote code, sharded or .bin
+weights) goes through transformers.
 tests/test_fast_encoder.py checks outputs and token ids against transformers.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 from types import SimpleNamespace
@@ -20,29 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from ..io import InputError
-from .folder import FAST_PATH_FILES, load_failure
+from .folder import load_failure
 
-MODEL_TYPES = ("bert", "xlm-roberta")
 # Prefixes that task heads put before the encoder's weight names (BertForX, XLMRobertaForX).
 WEIGHT_PREFIXES = ("bert.", "roberta.")
-
-
-def fast_path_config(folder: str) -> dict | None:
-    """The folder's config.json when this module can run it exactly, else None."""
-    if not all(os.path.isfile(os.path.join(folder, name)) for name in FAST_PATH_FILES):
-        return None
-    with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
-        config = json.load(fh)
-    return config if is_plain_bert(config) and "auto_map" not in config else None
-
-
-def is_plain_bert(config: dict) -> bool:
-    """A BERT / XLM-R encoder with GELU and absolute positions: what this module and
-    :mod:`.packed_encoder` compute."""
-    return (config.get("model_type") in MODEL_TYPES
-            and config.get("hidden_act", "gelu") == "gelu"
-            and config.get("position_embedding_type", "absolute") == "absolute"
-            and not config.get("is_decoder") and not config.get("add_cross_attention"))
 
 
 def position_ids(input_ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
@@ -63,31 +44,6 @@ def onednn_bf16_linear() -> bool:
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-class FastTokenizer:
-    """The subset of a transformers tokenizer that encoding uses, from tokenizer.json."""
-
-    def __init__(self, folder: str):
-        from tokenizers import Tokenizer
-
-        self.backend = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-        with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as fh:
-            config = json.load(fh)
-        pad = config.get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        self.pad_token_id = self.backend.token_to_id(pad) if pad else None
-
-    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None,
-                 **_ignored) -> dict:
-        """``{"input_ids": [...]}``: special tokens added, truncated to ``max_length`` (special
-        tokens included), unpadded, as transformers' fast tokenizers do."""
-        if truncation and max_length:
-            self.backend.enable_truncation(max_length)
-        else:
-            self.backend.no_truncation()
-        self.backend.no_padding()
-        return {"input_ids": [e.ids for e in self.backend.encode_batch(texts)]}
 
 
 class FastBertEncoder(torch.nn.Module):

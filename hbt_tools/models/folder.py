@@ -1,16 +1,19 @@
 """Torch-free checks of a model folder, so that a path that cannot be a model fails at once
 (before torch and transformers take seconds to load) with the usual one-line error; a hub
-model's files in the Hugging Face cache."""
+model's files in the Hugging Face cache; which folders the fast encoder runs."""
 from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 from ..io import InputError
 from .settings import SETTINGS_FILE
 
 # What hbt_tools.models.fast_encoder reads (hbt_retrieval.json besides, when there is one).
 FAST_PATH_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+# Architectures hbt_tools.models.fast_encoder runs itself.
+FAST_MODEL_TYPES = ("bert", "xlm-roberta")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -53,6 +56,52 @@ def _why_not_a_hub_name(name: str) -> str | None:
     if "/" in name and os.path.isdir(first):
         return f"; {first}/ is a local folder, so this is not taken for a hub name"
     return None
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, a built-in offline name (``multilingual-e5-small``), or a hub name."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    from .offline import resolve_builtin
+
+    builtin = resolve_builtin(name_or_path)
+    return builtin or name_or_path
+
+
+class InferenceFolder(NamedTuple):
+    """Where an encoder's files are, and its config.json if :mod:`.fast_encoder` can run it."""
+
+    path: str                 # a local folder, or a hub name the cache could not snapshot
+    fast_config: dict | None
+
+
+def inference_folder(name_or_path: str) -> InferenceFolder:
+    """Resolve a folder, the built-in name or a hub name (snapshot of the fast path's files) to
+    the folder hbt-encode loads, without importing torch."""
+    check_model_folder(name_or_path)
+    path = resolve_model_path(name_or_path)
+    if not os.path.isdir(path):
+        path = hub_snapshot(path) or path
+    return InferenceFolder(path, fast_path_config(path) if os.path.isdir(path) else None)
+
+
+def fast_path_config(folder: str) -> dict | None:
+    """The folder's config.json when :mod:`.fast_encoder` can run it exactly, else None."""
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in FAST_PATH_FILES):
+        return None
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    return config if is_plain_bert(config) and "auto_map" not in config else None
+
+
+def is_plain_bert(config: dict) -> bool:
+    """A BERT / XLM-R encoder with GELU and absolute positions: what :mod:`.fast_encoder` and
+    :mod:`.packed_encoder` compute."""
+    return (config.get("model_type") in FAST_MODEL_TYPES
+            and config.get("hidden_act", "gelu") == "gelu"
+            and config.get("position_embedding_type", "absolute") == "absolute"
+            and not config.get("is_decoder") and not config.get("add_cross_attention"))
+
 
 
 def load_failure(error: Exception, where: str) -> InputError:

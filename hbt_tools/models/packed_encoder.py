@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .dropout import dropout
 from .embedding_grad import embedding_rows
-from .fast_encoder import is_plain_bert, position_ids
+from .fast_encoder import position_ids
+from .folder import is_plain_bert
 
 # Fixed cost of one more attention group, in (head x query x key) score elements: the ~20 extra
 # small ops per layer (forward and backward) cost about as much as this many elements.

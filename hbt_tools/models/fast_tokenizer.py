@@ -1,0 +1,95 @@
+"""tokenizer.json run by the ``tokenizers`` library, in this process or in a forked one; no torch.
+
+Reading mE5's tokenizer.json (17 MB, 250k pieces) takes 0.6-1 s and holds the GIL, as
+importing torch does, so a thread cannot overlap the two. A process forked before torch is
+imported can: on the AMX Xeon, torch import + tokenizer load took 2.2-3.1 s one after the other
+and 1.35-1.6 s side by side (5 runs each). hbt-encode starts one (:func:`start_tokenizer_process`)
+and sends it each chunk's texts; the token ids come back over a pipe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from .folder import load_failure
+
+class FastTokenizer:
+    """The subset of a transformers tokenizer that encoding uses, from tokenizer.json."""
+
+    def __init__(self, folder: str):
+        from tokenizers import Tokenizer
+
+        try:
+            self.backend = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+            with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as fh:
+                config = json.load(fh)
+        except Exception as e:  # tokenizers raises a plain Exception for a malformed file
+            raise load_failure(e, folder) from None
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id = self.backend.token_to_id(pad) if pad else None
+
+    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None,
+                 **_ignored) -> dict:
+        """``{"input_ids": [...]}``: special tokens added, truncated to ``max_length`` (special
+        tokens included), unpadded, as transformers' fast tokenizers do."""
+        if truncation and max_length:
+            self.backend.enable_truncation(max_length)
+        else:
+            self.backend.no_truncation()
+        self.backend.no_padding()
+        return {"input_ids": [e.ids for e in self.backend.encode_batch(texts)]}
+
+
+class TokenizerProcess:
+    """:class:`FastTokenizer`'s interface, run by a forked worker process (one at a time)."""
+
+    def __init__(self, folder: str):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                                         initializer=_ignore_interrupts)
+        self._pad_token_id = self._pool.submit(_load_worker_tokenizer, folder)  # forks now
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._pad_token_id.result()  # raises the worker's error, if loading failed
+
+    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None,
+                 **_ignored) -> dict:
+        return self._pool.submit(_worker_encode, texts, truncation, max_length).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+def start_tokenizer_process(folder: str) -> TokenizerProcess | None:
+    """A :class:`TokenizerProcess` for ``folder``, started now; None where forking would gain
+    nothing or is unsafe: torch or tokenizers already imported (their thread pools do not
+    survive a fork; the time is spent already), or not Linux (macOS and Windows spawn)."""
+    if not sys.platform.startswith("linux") or {"torch", "tokenizers"} & set(sys.modules):
+        return None
+    return TokenizerProcess(folder)
+
+
+_worker_tokenizer: FastTokenizer | None = None
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group: the parent stops and shuts the worker down,
+    which would otherwise print a traceback of its own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _load_worker_tokenizer(folder: str) -> int | None:
+    global _worker_tokenizer
+    _worker_tokenizer = FastTokenizer(folder)
+    return _worker_tokenizer.pad_token_id
+
+
+def _worker_encode(texts: list[str], truncation: bool, max_length: int | None) -> dict:
+    return _worker_tokenizer(texts, truncation=truncation, max_length=max_length)
