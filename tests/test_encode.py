@@ -132,9 +132,15 @@ class TestEncodeCommand(CommandContract):
                 time.sleep(0.05)
             else:
                 pytest.fail("hbt-encode never started writing")
+            workers = child_pids(proc.pid)  # the tokenizer process
+            assert workers, "no forked tokenizer process"
         finally:
             proc.send_signal(sig)
             proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(map(running, workers)):
+            time.sleep(0.05)
+        assert not any(map(running, workers)), "the tokenizer process outlived hbt-encode"
         left = set(os.listdir(tmp_path)) - {"big.jsonl"}
         if sig == signal.SIGKILL:
             assert proc.returncode == -signal.SIGKILL
@@ -142,6 +148,29 @@ class TestEncodeCommand(CommandContract):
         else:  # SIGTERM unwinds: temporary files removed too
             assert proc.returncode == 128 + signal.SIGTERM
             assert not left, left
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: ppid
+            children.append(int(entry))
+    return children
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whatever reaps it here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def torch_sees_cuda() -> bool:

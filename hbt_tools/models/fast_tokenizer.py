@@ -50,7 +50,8 @@ class TokenizerProcess:
         from concurrent.futures import ProcessPoolExecutor
 
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
-                                         initializer=_ignore_interrupts)
+                                         initializer=_worker_signals,
+                                         initargs=(os.getpid(),))
         self._pad_token_id = self._pool.submit(_load_worker_tokenizer, folder)  # forks now
 
     @property
@@ -71,18 +72,26 @@ def start_tokenizer_process(folder: str) -> TokenizerProcess | None:
     survive a fork; the time is spent already), or not Linux (macOS and Windows spawn)."""
     if not sys.platform.startswith("linux") or {"torch", "tokenizers"} & set(sys.modules):
         return None
-    return TokenizerProcess(folder)
+    try:
+        return TokenizerProcess(folder)
+    except OSError:  # no fork (memory, process limits): tokenize in this process
+        return None
 
 
 _worker_tokenizer: FastTokenizer | None = None
 
 
-def _ignore_interrupts() -> None:
-    """Ctrl-C reaches the whole process group: the parent stops and shuts the worker down,
-    which would otherwise print a traceback of its own."""
+def _worker_signals(parent: int) -> None:
+    """Die with the parent, even when it is killed (SIGKILL runs no clean-up), and leave Ctrl-C
+    to the parent, which stops and shuts the worker down (else a second traceback)."""
+    import ctypes
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _load_worker_tokenizer(folder: str) -> int | None:

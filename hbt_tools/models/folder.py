@@ -103,7 +103,6 @@ def is_plain_bert(config: dict) -> bool:
             and not config.get("is_decoder") and not config.get("add_cross_attention"))
 
 
-
 def load_failure(error: Exception, where: str) -> InputError:
     """The usual one-line error for weights or files that fail to load: the error's first line."""
     text = str(error).strip()
