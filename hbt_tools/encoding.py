@@ -37,7 +37,7 @@ import numpy as np
 
 from .io import (InputError, STDIO, display_name, dumps_jsonl, field, iter_lines,
                  parse_json_line, sidecar_path)
-from .models.fast_tokenizer import TokenizerProcess, start_tokenizer_process
+from .models.fast_tokenizer import start_tokenizer_process
 from .models.folder import check_model_folder, inference_folder
 
 KINDS = ("query", "passage")
@@ -419,7 +419,7 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     first_chunk = next(chunks)
     folder = inference_folder(model)
     # before torch is imported: loading the tokenizer overlaps with that import
-    tokenizer = start_tokenizer_process(folder.path) if folder.fast_config else None
+    worker = start_tokenizer_process(folder.path) if folder.fast_config else None
     try:
         from .memory import keep_freed_memory
         from .models.encoder import load_inference_biencoder, resolve_device, resolve_dtype
@@ -428,7 +428,7 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         biencoder, tokenizer = load_inference_biencoder(
-            model, trust_remote_code=trust_remote_code, folder=folder, tokenizer=tokenizer,
+            model, trust_remote_code=trust_remote_code, folder=folder, tokenizer=worker,
             **settings_overrides)
         prepare_model(biencoder, torch_dtype, torch_device)
         start = time.perf_counter()
@@ -439,8 +439,8 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
                              str(torch_dtype).replace("torch.", ""), output,
                              str(next(biencoder.parameters()).device))
     finally:
-        if isinstance(tokenizer, TokenizerProcess):
-            tokenizer.close()
+        if worker is not None:
+            worker.close()
 
 
 def _encode_chunks(biencoder, tokenizer, chunks: Iterator[Chunk], kind: str, input_path,

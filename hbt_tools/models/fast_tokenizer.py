@@ -14,6 +14,7 @@ import sys
 
 from .folder import load_failure
 
+
 class FastTokenizer:
     """The subset of a transformers tokenizer that encoding uses, from tokenizer.json."""
 
