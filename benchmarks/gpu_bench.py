@@ -20,7 +20,7 @@ between the two encoders on the same weights.
 
 Usage:  python benchmarks/gpu_bench.py --model FOLDER [--xquad-r DIR] [--repeats 3]
             [--train-steps 13] [--train-batches 32,100,512] [--shapes e5-small,xlmr-base]
-            [--device cuda] [--json PATH]
+            [--device cuda] [--articles 0:2] [--json PATH]
 FOLDER: a BERT / XLM-R folder with config.json, tokenizer.json, tokenizer_config.json and
 hbt_retrieval.json (model.safetensors optional; default: the built-in multilingual-e5-small).
 """
@@ -184,6 +184,7 @@ def main() -> None:
                         help="batch sizes (the last also with --chunk-size 32)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--shapes", default="e5-small,xlmr-base")
+    parser.add_argument("--articles", help="XQuAD-R articles, e.g. 0:2 (a smoke run; default all)")
     parser.add_argument("--json", help="results file (default benchmarks/results/gpu.json)")
     args = parser.parse_args()
     import torch
@@ -202,7 +203,8 @@ def main() -> None:
         "FFN xlmr-base 16384x768x3072": (16384, 768, 3072)})
     print(f"bf16 matmul TFLOP/s: {results['matmul_tflops']}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as work:
-        command("hbt-prepare", "lareqa", args.xquad_r, "-o", os.path.join(work, "xquad-r"))
+        subset = ["--articles", args.articles] if args.articles else []
+        command("hbt-prepare", "lareqa", args.xquad_r, *subset, "-o", os.path.join(work, "xquad-r"))
         pairs = os.path.join(work, "pairs.jsonl")
         command("hbt-prepare", "pairs", args.xquad_r, "--positive", "sentence+context",
                 "-o", pairs)

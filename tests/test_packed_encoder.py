@@ -17,6 +17,9 @@ from hbt_tools.models.packed_encoder import (GROUP_OVERHEAD, PackedLayout, lengt
                                              packed_forward, supports_packing)
 
 FAMILIES = ("xlm-roberta", "bert")
+# The packed forward's GPU branch (SDPA with its fused dropout, no CPU masks) runs only there.
+DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")))
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +46,25 @@ def small_group_overhead(monkeypatch):
     monkeypatch.setattr(packed_encoder, "GROUP_OVERHEAD", 1500)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_outputs_and_gradients_equal_transformers(models, family, monkeypatch):
+def test_outputs_and_gradients_equal_transformers(models, family, device, monkeypatch):
     """Train mode with dropout replaced by the identity (so the explicit attention used in
-    training runs) against transformers in eval mode: same embeddings, same gradients."""
+    training on CPU runs; on the GPU, SDPA at dropout 0) against transformers in eval mode:
+    same embeddings, same gradients."""
     monkeypatch.setattr(packed_encoder, "dropout", no_dropout)
     reference, tokenizer = load_biencoder(models[family])
     reference.packable = False  # transformers' own forward
     packed, _ = load_biencoder(models[family])
     assert packed.packable and supports_packing(packed.model)
-    ids, mask = batch(tokenizer)
+    if device == "cuda":
+        packed.config.attention_probs_dropout_prob = 0.0
+    reference.to(device), packed.to(device)
+    ids, mask = (t.to(device) for t in batch(tokenizer))
     groups = PackedLayout(mask, packed.config.num_attention_heads).groups
     assert len(groups) > 1 and any(g.pad_keys.any() for g in groups)
     weights = torch.randn(ids.shape[0], packed.config.hidden_size, generator=torch.Generator()
-                          .manual_seed(0))
+                          .manual_seed(0)).to(device)
     reference.eval()
     packed.train()
     for biencoder in (reference, packed):
@@ -75,12 +83,13 @@ def test_outputs_and_gradients_equal_transformers(models, family, monkeypatch):
     assert compared > 10
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_eval_mode_and_left_padding_equal_transformers(models, family):
+def test_eval_mode_and_left_padding_equal_transformers(models, family, device):
     """No dropout: the SDPA branch; left-padded rows too (positions and groups from the mask)."""
     biencoder, tokenizer = load_biencoder(models[family])
-    model = biencoder.model.eval()
-    ids, mask = batch(tokenizer)
+    model = biencoder.model.eval().to(device)
+    ids, mask = (t.to(device) for t in batch(tokenizer))
     lengths = mask.sum(1)
     left_ids, left_mask = torch.full_like(ids, tokenizer.pad_token_id), torch.zeros_like(mask)
     for i, n in enumerate(lengths.tolist()):
@@ -136,10 +145,11 @@ def test_other_families_are_not_packed(models):
     assert not biencoder.packable
 
 
-def test_dropout_is_seeded_by_torch_and_differs_between_draws(models):
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_is_seeded_by_torch_and_differs_between_draws(models, device):
     biencoder, tokenizer = load_biencoder(models["xlm-roberta"])
-    ids, mask = batch(tokenizer)
-    biencoder.train()
+    ids, mask = (t.to(device) for t in batch(tokenizer))
+    biencoder.to(device).train()
     outputs = []
     for seed in (1, 1, 2):
         torch.manual_seed(seed)

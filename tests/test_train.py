@@ -303,3 +303,38 @@ def test_bf16_autocast_trains_with_fp32_weights(tmp_path):
     saved = weights(out)
     assert all(t.dtype == torch.float32 for t in saved.values())
     assert max_weight_diff(weights(tiny()), saved) > 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_follows_the_cpu(tmp_path):
+    """Dropout off (its masks differ between devices): the packed forward, GradCache chunks
+    and the optimizer on the GPU give the CPU's losses and weights in fp32; bf16 autocast on
+    the GPU stays near them."""
+    model = tmp_path / "no-dropout"
+    shutil.copytree(tiny(), model)
+    with open(model / "config.json", encoding="utf-8") as fh:
+        config = json.load(fh)
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with open(model / "config.json", "w", encoding="utf-8") as fh:
+        json.dump(config, fh)
+    path = write_batches(tmp_path / "b.jsonl", make_batches(4, items=6, negatives=1))
+    runs = {}
+    for name, extra in (("cpu", ["--device", "cpu", "--dtype", "fp32"]),
+                        ("cuda", ["--device", "cuda", "--dtype", "fp32"]),
+                        ("cuda-chunked", ["--device", "cuda", "--dtype", "fp32",
+                                          "--chunk-size", 4]),
+                        ("cuda-bf16", ["--device", "cuda", "--dtype", "bf16"])):
+        out = tmp_path / name
+        train_in_process("--model", model, "--output", out, "--lr", 1e-3, "--save-steps", 0,
+                         "--quiet", *extra, path)
+        runs[name] = ([r["loss"] for r in read_log(out)], weights(out))
+    cpu_losses, cpu_weights = runs["cpu"]
+    assert max_weight_diff(weights(model), cpu_weights) > 1e-4  # it trained
+    # The key biases are left out: their gradient is zero up to rounding (softmax ignores a
+    # constant per query), and Adam scales that rounding noise up to steps of +-lr.
+    cpu_weights = {k: v for k, v in cpu_weights.items() if not k.endswith("key.bias")}
+    for name in ("cuda", "cuda-chunked"):
+        assert runs[name][0] == pytest.approx(cpu_losses, rel=1e-4), name
+        gpu_weights = {k: v for k, v in runs[name][1].items() if k in cpu_weights}
+        assert max_weight_diff(gpu_weights, cpu_weights) < 1e-4, name
+    assert runs["cuda-bf16"][0] == pytest.approx(cpu_losses, rel=0.05)
