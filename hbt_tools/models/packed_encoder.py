@@ -9,6 +9,10 @@ weights are the transformers model's own modules and parameters, so saving, chec
 optimizer and gradient all-reduce see no difference. The computation is transformers' (its
 modules, GELU, residuals in the same dtypes under autocast; attention as its eager path, softmax
 in fp32) and tests/test_packed_encoder.py checks outputs and gradients against it.
+
+``BiEncoder`` packs on the CPU only: on an H200 the per-group small ops and host syncs made a
+training step 7-15x slower than transformers' padded forward (``encoder.py``). The function
+itself is right on any device (its tests pass on CUDA).
 """
 from __future__ import annotations
 
@@ -111,8 +115,8 @@ class PackedLayout:
 def attention(qkv: torch.Tensor, layout: PackedLayout, heads: int, p: float,
               training: bool) -> torch.Tensor:
     """Multi-head self-attention of packed ``[tokens, 3 x hidden]`` projections, group by
-    group. Training on CPU: the softmax in fp32, then :mod:`.dropout` on the probabilities as
-    transformers does; elsewhere SDPA (its fused kernels drop out on the GPU)."""
+    group. Training: the softmax in fp32, then :mod:`.dropout` on the probabilities as
+    transformers does (CPU SDPA would draw the mask serially); eval mode: SDPA."""
     width = qkv.shape[1] // 3
     head_dim = width // heads
     outputs = []
@@ -120,14 +124,13 @@ def attention(qkv: torch.Tensor, layout: PackedLayout, heads: int, p: float,
         padded = qkv.new_zeros(g.count * g.length, 3 * width).index_copy(
             0, g.positions, qkv[g.tokens])
         q, k, v = padded.view(g.count, g.length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        if training and p > 0 and qkv.device.type == "cpu":  # CPU SDPA would draw serially
+        if training and p > 0:
             scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))
             scores = scores.masked_fill(g.pad_keys, float("-inf"))
             probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
             context = torch.matmul(dropout(probs, p, True), v)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=~g.pad_keys,
-                                                     dropout_p=p if training else 0.0)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=~g.pad_keys)
         outputs.append(context.transpose(1, 2).reshape(g.count * g.length, width)
                        .index_select(0, g.positions))
     return torch.cat(outputs)
