@@ -7,8 +7,9 @@ its paragraph, "passage: " prefix, 256 tokens max: hbt-encode's defaults for --k
 * hbt-encode, default settings, whole process  >= 3.5x faster than sentence-transformers'
   ``encode`` in fp32 (its default), whole process;  >= 1.5x faster than sentence-transformers
   with the model loaded in bf16;
-* hbt-encode's tokens/s >= 50% of the roofline: the bf16 matmul rate measured in this run
-  divided by the model's FLOPs per token (2 x the encoder's matmul parameters + attention
+* hbt-encode's tokens/s >= 50% of the roofline: the sustained bf16 matmul rate measured
+  right before and after each hbt-encode run (see ``bf16_matmul_rate``) divided by the
+  model's FLOPs per token (2 x the encoder's matmul parameters + attention
   4 x length x hidden per layer, counted per text at its real length);
 * quality: mean cosine of hbt-encode's embeddings and the fp32 (sentence-transformers)
   embeddings of the same texts >= 0.995; XQuAD-R protocol mAP (mono / cross / multi, a subset
@@ -99,24 +100,34 @@ def model_flops(folder: str, texts_path: str) -> dict:
             "flops": total, "flops_per_token": total / lengths.sum()}
 
 
-def bf16_matmul_rate(seconds: float = 3.0) -> dict:
-    """Best bf16 GFLOP/s over a square matmul and the model's own FFN shape (tokens x 384 x
-    1536), with torch's default threads."""
+def bf16_matmul_rate(seconds: float = 2.0) -> dict:
+    """bf16 GFLOP/s of a square matmul and of the model's FFN shape (tokens x 384 x 1536), each
+    run back to back for ``seconds`` with torch's default threads. ``sustained``: all FLOPs over
+    all the time (the larger of the two shapes); ``best``: the fastest single product.
+
+    The roofline is the sustained rate. On the AMX Xeon VMs the rate changes in episodes of
+    about a second: a 2048^3 product loop ran at ~1.5-2 TFLOP/s for a second, then at ~0.6-0.8
+    for the next two (benchmarks/notes/encode.md), so the fastest single product is a rate that
+    no multi-second job can hold.
+    """
     import torch
 
-    rates = {}
+    by_shape = {}
     for name, (m, k, n) in {"2048x2048x2048": (2048, 2048, 2048),
                             "ffn 8192x384x1536": (8192, 384, 1536)}.items():
         a = torch.randn(m, k, dtype=torch.bfloat16)
         b = torch.randn(k, n, dtype=torch.bfloat16)
         a @ b
-        best, end = float("inf"), time.perf_counter() + seconds / 2
+        durations, end = [], time.perf_counter() + seconds
         while time.perf_counter() < end:
             start = time.perf_counter()
             a @ b
-            best = min(best, time.perf_counter() - start)
-        rates[name] = 2 * m * k * n / best / 1e9
-    return {"gflops": max(rates.values()), "by_shape": rates}
+            durations.append(time.perf_counter() - start)
+        flops = 2 * m * k * n
+        by_shape[name] = {"sustained": flops * len(durations) / sum(durations) / 1e9,
+                          "best": flops / min(durations) / 1e9}
+    return {"sustained": max(r["sustained"] for r in by_shape.values()),
+            "best": max(r["best"] for r in by_shape.values()), "by_shape": by_shape}
 
 
 def lareqa_map(workdir: str, subset: str, dtype_args: list[str], name: str) -> dict:
@@ -163,14 +174,20 @@ def main() -> None:
             "st_bf16": [sys.executable, "-c", ST_PROCESS, folder, inputs["texts"],
                         outputs["st_bf16"], "bf16"],
         }
-        rates = [bf16_matmul_rate()]
+        # The matmul rate is measured right before and right after each hbt-encode run: the
+        # roofline of repeat i is the mean of its two sustained rates.
+        rates: list[tuple[dict, dict]] = []
         times: dict[str, list[float]] = {name: [] for name in commands}
         for repeat in range(args.repeats):
             for name, command in commands.items():
+                before = bf16_matmul_rate() if name == "hbt" else None
                 times[name].append(timed_process(command))
+                if before:
+                    rates.append((before, bf16_matmul_rate()))
                 print(f"repeat {repeat + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr)
-        rates.append(bf16_matmul_rate())
-        roofline_gflops = max(r["gflops"] for r in rates)
+        roofline_per_repeat = [(a["sustained"] + b["sustained"]) / 2 for a, b in rates]
+        roofline_gflops = statistics.median(roofline_per_repeat)
+        best_gflops = max(r["best"] for pair in rates for r in pair)
         embeddings = {name: np.load(path) for name, path in outputs.items()}
         quality = {"cosine_hbt_vs_st_fp32": summary(cosines(embeddings["hbt"],
                                                             embeddings["st_fp32"]).tolist()),
@@ -186,8 +203,11 @@ def main() -> None:
     tokens = flops["tokens"]
     roofline_tokens = roofline_gflops * 1e9 / flops["flops_per_token"]
     hbt_tokens_per_s = [tokens / t for t in times["hbt"]]
-    percent = {key: 100 * value / roofline_tokens
-               for key, value in summary(hbt_tokens_per_s).items() if key != "values"}
+    # each repeat against its own roofline
+    percent = summary([100 * rate * flops["flops_per_token"] / (gflops * 1e9)
+                       for rate, gflops in zip(hbt_tokens_per_s, roofline_per_repeat)])
+    best_percent = (100 * statistics.median(hbt_tokens_per_s) * flops["flops_per_token"]
+                    / (best_gflops * 1e9))
     rows = [{"what": f"{name} (whole process)", **summary(values), "unit": "s",
              "tokens_per_s": tokens / statistics.median(values)}
             for name, values in (("hbt-encode (default: bf16 on this CPU)", times["hbt"]),
@@ -200,7 +220,8 @@ def main() -> None:
         target("hbt-encode whole process, speed-up", "sentence-transformers, model in bf16",
                1.5, ratio(times["st_bf16"], times["hbt"]), "≥ 1.5×", True, "×"),
         target("hbt-encode tokens/s, share of the bf16 matmul roofline",
-               f"{roofline_gflops:.0f} GFLOP/s measured in the run", 50, percent, "≥ 50%",
+               f"sustained rate measured around each run, median {roofline_gflops:.0f} "
+               f"GFLOP/s", 50, percent, "≥ 50%",
                True, "%"),
         target("hbt-encode embeddings, mean cosine", "fp32 embeddings (sentence-transformers)",
                0.995, float(np.mean(cos)), "≥ 0.995", True),
@@ -216,8 +237,13 @@ def main() -> None:
              f"(mean {flops['mean_tokens']:.0f}); multilingual-e5-small "
              f"({flops['matmul_params'] / 1e6:.1f}M encoder matmul parameters, "
              f"{flops['flops_per_token'] / 1e6:.1f} MFLOP/token with attention); bf16 matmul "
-             f"roofline {roofline_gflops:.0f} GFLOP/s = {roofline_tokens:,.0f} tokens/s; "
-             f"hbt-encode {statistics.median(hbt_tokens_per_s):,.0f} tokens/s whole process")
+             f"roofline: the sustained rate over 2 s of back-to-back products right before and "
+             f"after each hbt-encode run, median {roofline_gflops:.0f} GFLOP/s "
+             f"({min(roofline_per_repeat):.0f}–{max(roofline_per_repeat):.0f}) = "
+             f"{roofline_tokens:,.0f} tokens/s; the fastest single product seen ran at "
+             f"{best_gflops:.0f} GFLOP/s, against which hbt-encode's share is "
+             f"{best_percent:.1f}%; hbt-encode {statistics.median(hbt_tokens_per_s):,.0f} "
+             f"tokens/s whole process")
     if "map_default" in quality:
         setup += (f"; mAP subset: articles {args.quality_articles} of "
                   f"{args.quality_langs or 'all languages'} ({quality['map_queries']} queries)")
@@ -230,7 +256,11 @@ def main() -> None:
     write_results("encode", {"title": "hbt-encode vs sentence-transformers and the bf16 roofline",
                              "setup": setup, "repeats": args.repeats, "rows": rows,
                              "targets": targets, "times": times, "flops": flops,
-                             "roofline": rates, "quality": quality}, args.json)
+                             "roofline": {"per_repeat_gflops": roofline_per_repeat,
+                                          "best_gflops": best_gflops,
+                                          "share_of_best_percent": best_percent,
+                                          "measurements": rates},
+                             "quality": quality}, args.json)
 
 
 if __name__ == "__main__":
