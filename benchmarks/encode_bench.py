@@ -182,7 +182,7 @@ def main() -> None:
             for name, command in commands.items():
                 before = bf16_matmul_rate() if name == "hbt" else None
                 times[name].append(timed_process(command))
-                if before:
+                if before is not None:
                     rates.append((before, bf16_matmul_rate()))
                 print(f"repeat {repeat + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr)
         roofline_per_repeat = [(a["sustained"] + b["sustained"]) / 2 for a, b in rates]
@@ -203,11 +203,13 @@ def main() -> None:
     tokens = flops["tokens"]
     roofline_tokens = roofline_gflops * 1e9 / flops["flops_per_token"]
     hbt_tokens_per_s = [tokens / t for t in times["hbt"]]
+    def share(tokens_per_s: float, gflops: float) -> float:
+        return 100 * tokens_per_s * flops["flops_per_token"] / (gflops * 1e9)
+
     # each repeat against its own roofline
-    percent = summary([100 * rate * flops["flops_per_token"] / (gflops * 1e9)
+    percent = summary([share(rate, gflops)
                        for rate, gflops in zip(hbt_tokens_per_s, roofline_per_repeat)])
-    best_percent = (100 * statistics.median(hbt_tokens_per_s) * flops["flops_per_token"]
-                    / (best_gflops * 1e9))
+    best_percent = share(statistics.median(hbt_tokens_per_s), best_gflops)
     rows = [{"what": f"{name} (whole process)", **summary(values), "unit": "s",
              "tokens_per_s": tokens / statistics.median(values)}
             for name, values in (("hbt-encode (default: bf16 on this CPU)", times["hbt"]),

@@ -204,7 +204,8 @@ def main() -> None:
     print(f"bf16 matmul TFLOP/s: {results['matmul_tflops']}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as work:
         subset = ["--articles", args.articles] if args.articles else []
-        command("hbt-prepare", "lareqa", args.xquad_r, *subset, "-o", os.path.join(work, "xquad-r"))
+        command("hbt-prepare", "lareqa", args.xquad_r, *subset, "-o",
+                os.path.join(work, "xquad-r"))
         pairs = os.path.join(work, "pairs.jsonl")
         command("hbt-prepare", "pairs", args.xquad_r, "--positive", "sentence+context",
                 "-o", pairs)

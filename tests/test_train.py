@@ -307,9 +307,9 @@ def test_bf16_autocast_trains_with_fp32_weights(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_follows_the_cpu(tmp_path):
-    """Dropout off (its masks differ between devices): the packed forward, GradCache chunks
-    and the optimizer on the GPU give the CPU's losses and weights in fp32; bf16 autocast on
-    the GPU stays near them."""
+    """Dropout off (its masks differ between devices): transformers' forward (the GPU's),
+    GradCache chunks and the optimizer on the GPU give the CPU's (packed) losses and weights in
+    fp32; bf16 autocast on the GPU stays near them."""
     model = tmp_path / "no-dropout"
     shutil.copytree(tiny(), model)
     with open(model / "config.json", encoding="utf-8") as fh:

@@ -12,7 +12,7 @@ in fp32) and tests/test_packed_encoder.py checks outputs and gradients against i
 
 ``BiEncoder`` packs on the CPU only: on an H200 the per-group small ops and host syncs made a
 training step 7-15x slower than transformers' padded forward (``encoder.py``). The function
-itself is right on any device (its tests pass on CUDA).
+itself is device-agnostic; its eval-mode test runs on CUDA too.
 """
 from __future__ import annotations
 
