@@ -6,7 +6,9 @@ Every command is a ``click`` command built with ``cls=HbtCommand``. It gets, for
 * :class:`hbt_tools.io.InputError` -> ``hbt-NAME: FILE:LINE: field 'F': message`` on stderr, exit 2;
 * a usage error (unknown option, bad value) is one line on stderr, exit 2;
 * a closed stdout (``| head``) ends quietly with exit 0;
-* Ctrl-C ends with exit 130 and no traceback.
+* Ctrl-C ends with exit 130 and no traceback;
+* run as a console script, the process ends without the interpreter's teardown once the
+  command is done (:func:`_end_process`).
 """
 from __future__ import annotations
 
