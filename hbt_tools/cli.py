@@ -117,13 +117,17 @@ def _quiet_broken_pipe() -> None:
     _exit(0)
 
 
-def _exit(code: int) -> None:
+def _flush_stdout() -> None:
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _quiet_broken_pipe()
     except (ValueError, OSError):
         pass
+
+
+def _exit(code: int) -> None:
+    _flush_stdout()
     sys.exit(code)
 
 
@@ -138,13 +142,11 @@ def _end_process(code: int) -> None:
            if t is not threading.main_thread()):
         _exit(code)
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BrokenPipeError:
-            _quiet_broken_pipe()
-        except (ValueError, OSError, AttributeError):
-            pass
+    _flush_stdout()
+    try:
+        sys.stderr.flush()
+    except (ValueError, OSError):  # a closed stderr has nothing left to say
+        pass
     os._exit(code)
 
 
