@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from batch_factory import make_batches, write_batches
 from conftest import ROOT
-from tiny_models import make_tiny_model
+from tiny_models import make_tiny_model, turn_off_dropout
 
 
 def test_item_slices_cover_the_batch_contiguously():
@@ -45,12 +45,7 @@ def test_two_processes_equal_one(tmp_path):
     from click.testing import CliRunner
 
     model = make_tiny_model(tmp_path, "xlm-roberta")
-    config_path = os.path.join(model, "config.json")
-    with open(config_path, encoding="utf-8") as fh:
-        config = json.load(fh)
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    with open(config_path, "w", encoding="utf-8") as fh:
-        json.dump(config, fh)
+    turn_off_dropout(model)
     batches = write_batches(tmp_path / "b.jsonl", _batches_with_uneven_negatives(4))
     common = ["--model", model, "--dtype", "fp32", "--quiet", batches]  # default lr 3e-5
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from batch_factory import make_batches, write_batches
 from cli_contract import CommandContract, jsonl_cases, model_cases
 from conftest import ROOT, run_cli
-from tiny_models import FAMILIES, make_tiny_model
+from tiny_models import FAMILIES, make_tiny_model, turn_off_dropout
 
 MODELS = {}  # family -> tiny model folder, made once per session
 
@@ -312,11 +312,7 @@ def test_cuda_training_follows_the_cpu(tmp_path):
     fp32; bf16 autocast on the GPU stays near them."""
     model = tmp_path / "no-dropout"
     shutil.copytree(tiny(), model)
-    with open(model / "config.json", encoding="utf-8") as fh:
-        config = json.load(fh)
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    with open(model / "config.json", "w", encoding="utf-8") as fh:
-        json.dump(config, fh)
+    turn_off_dropout(model)
     path = write_batches(tmp_path / "b.jsonl", make_batches(4, items=6, negatives=1))
     runs = {}
     for name, extra in (("cpu", ["--device", "cpu", "--dtype", "fp32"]),

@@ -3,6 +3,7 @@
 They run in milliseconds, so training, resume, DDP and encoding tests stay fast.
 """
 import functools
+import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,6 +97,17 @@ def make_tiny_model(directory, family: str = "xlm-roberta", seed: int = 0) -> st
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def turn_off_dropout(model_dir) -> None:
+    """Set the folder's config.json dropout probabilities to 0 (in place), for tests that
+    compare runs whose dropout masks would differ (processes, devices)."""
+    path = os.path.join(str(model_dir), "config.json")
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(config, fh)
 
 
 def texts():
