@@ -6,13 +6,13 @@ mT5 (their decoders are kept in the saved folder but never run).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 
 import torch
 
 from ..io import InputError
+from .amx_attention import cpu_flags
 from .fast_tokenizer import FastTokenizer
 from .folder import (InferenceFolder, check_model_folder, hub_file, inference_folder,
                      load_failure, resolve_model_path)
@@ -189,14 +189,8 @@ def save_biencoder(biencoder: BiEncoder, tokenizer, directory: str) -> None:
     biencoder.settings.save(directory)
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def resolve_device(name: str = "auto") -> torch.device:

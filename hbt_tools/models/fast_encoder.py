@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import InputError
+from .amx_attention import amx_attention
 from .folder import load_failure
 
 # Prefixes that task heads put before the encoder's weight names (BertForX, XLMRobertaForX).
@@ -115,10 +116,12 @@ class FastBertEncoder(torch.nn.Module):
         head_dim = x.shape[-1] // self.heads
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
-            q, k, v = self._linear(x, f"{p}.attention.self.qkv").view(
-                batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
-            context = context.transpose(1, 2).reshape(batch, length, -1)
+            qkv = self._linear(x, f"{p}.attention.self.qkv")
+            context = amx_attention(qkv, attention_mask, self.heads)
+            if context is None:
+                q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+                context = context.transpose(1, 2).reshape(batch, length, -1)
             x = self._norm(self._linear(context, f"{p}.attention.output.dense") + x,
                            f"{p}.attention.output.LayerNorm")
             hidden = self._linear(x, f"{p}.intermediate.dense", "gelu")

@@ -1,0 +1,170 @@
+"""hbt-encode's AMX attention kernel against a float64 attention written out here, and its
+fallbacks (no kernel, inputs it does not take, a compiler that fails)."""
+import json
+import os
+import stat
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from hbt_tools.models import amx_attention as amx
+from hbt_tools.models import fast_encoder
+from hbt_tools.models.fast_encoder import FastBertEncoder
+
+needs_kernel = pytest.mark.skipif(amx.load_kernel() is None,
+                                  reason="no AMX CPU or no C compiler with OpenMP here")
+
+
+def reference_attention(qkv, lengths, heads):
+    """softmax(Q K^T / sqrt(d)) V over each text's first ``length`` keys, in float64."""
+    batch, length, width = qkv.shape
+    q, k, v = qkv.double().view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    real = torch.arange(length)[None, :] < lengths[:, None]
+    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, -1)
+
+
+def sdpa_bf16(qkv, mask, heads):
+    batch, length, _ = qkv.shape
+    q, k, v = qkv.view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
+    return out.transpose(1, 2).reshape(batch, length, -1)
+
+
+def random_case(batch, length, heads, head_size, seed):
+    gen = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(batch, length, 3 * heads * head_size, generator=gen) * 2).bfloat16()
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return qkv, lengths, mask
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,length,heads,head_size", [
+    (3, 37, 12, 32), (5, 256, 12, 32), (7, 512, 2, 32), (1, 1, 12, 32), (2, 17, 1, 32),
+    (2, 70, 4, 64), (4, 100, 3, 96), (2, 33, 2, 128)])
+def test_as_accurate_as_pytorchs_bf16_attention(batch, length, heads, head_size):
+    """Lengths off the 16- and 32-key tile edges, one token, padded rows (their queries attend
+    to the real keys, as PyTorch's do): the error against float64 is PyTorch's bf16 error."""
+    qkv, lengths, mask = random_case(batch, length, heads, head_size, seed=length)
+    want = reference_attention(qkv, lengths, heads)
+    got = amx.amx_attention(qkv, mask, heads)
+    assert got.dtype == torch.bfloat16 and got.shape == (batch, length, heads * head_size)
+    ours = (got.double() - want).abs()
+    torchs = (sdpa_bf16(qkv, mask, heads).double() - want).abs()
+    assert ours.max() <= torchs.max() * 1.05 + 1e-6
+    assert ours.mean() <= torchs.mean() * 1.02 + 1e-9
+    # bf16 output rounding alone is up to 2^-9 relative; the rest must be far smaller
+    assert ((got.double() - want).abs() <= want.abs() * 2 ** -8 + 0.02).all()
+
+
+@needs_kernel
+def test_numerators_do_not_overflow_on_large_scores():
+    qkv, lengths, mask = random_case(2, 40, 2, 32, seed=1)
+    qkv = (qkv.float() * 30).bfloat16()  # scores in the thousands
+    got = amx.amx_attention(qkv, mask, 2)
+    want = reference_attention(qkv, lengths, 2)
+    assert torch.isfinite(got).all()
+    assert ((got.double() - want).abs() <= want.abs() * 2 ** -7 + 0.5).all()
+
+
+@needs_kernel
+def test_inputs_it_does_not_take_go_back_to_the_caller():
+    qkv, _, mask = random_case(2, 20, 2, 32, seed=2)
+    assert amx.amx_attention(qkv, mask, 2) is not None
+    assert amx.amx_attention(qkv.float(), mask, 2) is None
+    assert amx.amx_attention(qkv.clone().requires_grad_(), mask, 2) is None
+    assert amx.amx_attention(qkv, mask, 4) is None  # head size 16
+    holed = mask.clone()
+    holed[0, 3] = 0
+    assert amx.amx_attention(qkv, holed, 2) is None  # not a right-padded row
+    empty = mask.clone()
+    empty[1] = 0
+    assert amx.amx_attention(qkv, empty, 2) is None
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("HBT_AMX_ATTENTION", "0")
+    amx.load_kernel.cache_clear()
+    try:
+        assert amx.load_kernel() is None
+        qkv, _, mask = random_case(2, 20, 2, 32, seed=3)
+        assert amx.amx_attention(qkv, mask, 2) is None
+    finally:
+        monkeypatch.delenv("HBT_AMX_ATTENTION")
+        amx.load_kernel.cache_clear()
+
+
+def fake_compiler(tmp_path, exit_code):
+    """A ``cc`` that counts its runs in a file and exits with ``exit_code``."""
+    script = tmp_path / "fake-cc"
+    script.write_text(f"#!/bin/sh\necho run >> {tmp_path / 'runs'}\n"
+                      f"echo 'fake-cc: no such flag' >&2\nexit {exit_code}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_a_failed_compile_is_remembered_and_not_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, 1))
+    cache = tmp_path / "cache"
+    assert amx.compile_kernel(str(cache)) is None
+    assert amx.compile_kernel(str(cache)) is None
+    assert (tmp_path / "runs").read_text().count("run") == 1
+    (failed,) = (cache / "kernels").glob("*.failed")
+    assert "no such flag" in failed.read_text()
+    assert not [p for p in (cache / "kernels").iterdir() if p.suffix in (".so", ".tmp")]
+
+
+def test_no_compiler_means_no_kernel(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "not-there"))
+    assert amx.compile_kernel(str(tmp_path / "cache")) is None
+
+
+@needs_kernel
+def test_compiled_once_then_reused(tmp_path):
+    path = amx.compile_kernel(str(tmp_path))
+    assert path and os.path.exists(path)
+    first = os.stat(path).st_mtime_ns
+    assert amx.compile_kernel(str(tmp_path)) == path and os.stat(path).st_mtime_ns == first
+    assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".tmp")]
+
+
+@needs_kernel
+def test_fast_encoder_uses_it_in_bf16(monkeypatch, tmp_path):
+    """A BERT with 32-wide heads in bf16: every layer's attention runs on the kernel, and the
+    hidden states are as close to the fp32 model's as with PyTorch's bf16 attention."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.BertConfig(vocab_size=99, hidden_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=128,
+                           max_position_embeddings=64)
+    tf.BertModel(config).save_pretrained(tmp_path, safe_serialization=True)
+    encoder = FastBertEncoder(json.loads((tmp_path / "config.json").read_text()),
+                              load_file(str(tmp_path / "model.safetensors")))
+    ids = torch.randint(5, 99, (4, 50), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(50)[None, :] < torch.tensor([50, 31, 7, 2])[:, None]).long()
+    with torch.inference_mode():
+        exact = encoder(ids, mask).last_hidden_state
+        encoder.to(torch.bfloat16)
+        calls = []
+
+        def counted(*args):
+            out = amx.amx_attention(*args)
+            calls.append(out is not None)
+            return out
+
+        monkeypatch.setattr(fast_encoder, "amx_attention", counted)
+        with_kernel = encoder(ids, mask).last_hidden_state
+        monkeypatch.setattr(fast_encoder, "amx_attention", lambda *a: None)
+        without = encoder(ids, mask).last_hidden_state
+    assert calls == [True, True]
+    real = mask.bool()
+    ours = (with_kernel.float() - exact)[real].abs().mean()
+    torchs = (without.float() - exact)[real].abs().mean()
+    assert not torch.equal(with_kernel, without)
+    assert ours <= torchs * 1.1
