@@ -9,6 +9,17 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
+def torch_sees_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# The one marker for GPU-only tests (they run where a device machine is lent).
+needs_cuda = pytest.mark.skipif(not torch_sees_cuda(),
+                                reason="needs a CUDA GPU (run on a GPU machine)")
+
+
 def run_cli(name, *args, input=None, env=None, cwd=None, timeout=600):
     """Run ``bin/NAME ARGS`` in a real subprocess; returns CompletedProcess (bytes)."""
     full_env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

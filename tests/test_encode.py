@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli_contract import CommandContract, jsonl_cases, model_cases
-from conftest import ROOT
+from conftest import ROOT, needs_cuda, torch_sees_cuda
 from tiny_models import FAMILIES, make_tiny_model
 
 from hbt_tools.encoding import (EmbeddingWriter, TextRecipe, encode_file, length_batches,
@@ -173,13 +173,7 @@ def running(pid: int) -> bool:
         return False
 
 
-def torch_sees_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-@pytest.mark.skipif(not torch_sees_cuda(), reason="needs a CUDA GPU (run on a GPU machine)")
+@needs_cuda
 def test_cuda_embeddings_match_the_cpu(models_dir, tmp_path):
     model = make_tiny_model(models_dir, "e5")
     data = write_jsonl(tmp_path / "c.jsonl", make_rows(300, seed=3))

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import needs_cuda
 from tiny_models import make_tiny_model, padded, texts
 
 from hbt_tools.models import packed_encoder
@@ -19,8 +20,7 @@ from hbt_tools.models.packed_encoder import (GROUP_OVERHEAD, PackedLayout, lengt
 FAMILIES = ("xlm-roberta", "bert")
 # hbt-train packs on the CPU only (transformers' padded forward is faster on a GPU), but
 # packed_forward itself must stay right on any device.
-DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")))
+DEVICES = ("cpu", pytest.param("cuda", marks=needs_cuda))
 
 
 @pytest.fixture(scope="module")

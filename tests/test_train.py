@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from batch_factory import make_batches, write_batches
 from cli_contract import CommandContract, jsonl_cases, model_cases
-from conftest import ROOT, run_cli
+from conftest import ROOT, needs_cuda, run_cli, torch_sees_cuda
 from tiny_models import FAMILIES, make_tiny_model, turn_off_dropout
 
 MODELS = {}  # family -> tiny model folder, made once per session
@@ -97,11 +97,11 @@ class TestContract(CommandContract):
                (good + "\n").encode(), "--max-steps")
         device_args = ["--model", tiny(), "--output", out, "--quiet", batches, "--device"]
         yield "unknown device", device_args + ["tpu"], None, "field 'device'"
-        if not torch.cuda.is_available():
+        if not torch_sees_cuda():
             yield "no CUDA here", device_args + ["cuda"], None, "sees no CUDA device"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_a_numbered_gpu_is_refused_under_torchrun():
     from hbt_tools.io import InputError
     from hbt_tools.training.distributed import rank_device
@@ -305,7 +305,7 @@ def test_bf16_autocast_trains_with_fp32_weights(tmp_path):
     assert max_weight_diff(weights(tiny()), saved) > 1e-4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_cuda_training_follows_the_cpu(tmp_path):
     """Dropout off (its masks differ between devices): transformers' forward (the GPU's),
     GradCache chunks and the optimizer on the GPU give the CPU's (packed) losses and weights in
