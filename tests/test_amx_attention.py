@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hbt_tools.models import amx_attention as amx
-from hbt_tools.models import fast_encoder
+from hbt_tools.models import fast_encoder, packed_encoder
 from hbt_tools.models.fast_encoder import FastBertEncoder
+from hbt_tools.models.packed_encoder import packed_forward
 
 needs_kernel = pytest.mark.skipif(amx.load_kernel() is None,
                                   reason="no AMX CPU or no C compiler with OpenMP here")
@@ -133,38 +134,85 @@ def test_compiled_once_then_reused(tmp_path):
     assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".tmp")]
 
 
-@needs_kernel
-def test_fast_encoder_uses_it_in_bf16(monkeypatch, tmp_path):
-    """A BERT with 32-wide heads in bf16: every layer's attention runs on the kernel, and the
-    hidden states are as close to the fp32 model's as with PyTorch's bf16 attention."""
+@pytest.fixture(scope="module")
+def wide_head_bert(tmp_path_factory):
+    """A random BERT with 32-wide heads (the tiny test models' are 16), saved as a folder."""
     import transformers as tf
 
+    folder = tmp_path_factory.mktemp("bert32")
     torch.manual_seed(0)
     config = tf.BertConfig(vocab_size=99, hidden_size=64, num_hidden_layers=2,
                            num_attention_heads=2, intermediate_size=128,
-                           max_position_embeddings=64)
-    tf.BertModel(config).save_pretrained(tmp_path, safe_serialization=True)
-    encoder = FastBertEncoder(json.loads((tmp_path / "config.json").read_text()),
-                              load_file(str(tmp_path / "model.safetensors")))
+                           max_position_embeddings=64, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    tf.BertModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def batch():
     ids = torch.randint(5, 99, (4, 50), generator=torch.Generator().manual_seed(1))
     mask = (torch.arange(50)[None, :] < torch.tensor([50, 31, 7, 2])[:, None]).long()
+    return ids, mask
+
+
+def counting_kernel(monkeypatch, module):
+    """Replace ``module.amx_attention`` by the kernel recording whether each call ran it."""
+    calls = []
+
+    def counted(*args):
+        out = amx.amx_attention(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, "amx_attention", counted)
+    return calls
+
+
+def closer_or_as_close(with_kernel, without, exact, mask):
+    """The kernel's hidden states are as close to fp32 as PyTorch's bf16 attention gives."""
+    real = mask.bool()
+    assert not torch.equal(with_kernel, without)
+    ours = (with_kernel.float() - exact)[real].abs().mean()
+    torchs = (without.float() - exact)[real].abs().mean()
+    assert ours <= torchs * 1.1
+
+
+@needs_kernel
+def test_fast_encoder_uses_it_in_bf16(monkeypatch, wide_head_bert):
+    encoder = FastBertEncoder(json.loads((wide_head_bert / "config.json").read_text()),
+                              load_file(str(wide_head_bert / "model.safetensors")))
+    ids, mask = batch()
     with torch.inference_mode():
         exact = encoder(ids, mask).last_hidden_state
         encoder.to(torch.bfloat16)
-        calls = []
-
-        def counted(*args):
-            out = amx.amx_attention(*args)
-            calls.append(out is not None)
-            return out
-
-        monkeypatch.setattr(fast_encoder, "amx_attention", counted)
+        calls = counting_kernel(monkeypatch, fast_encoder)
         with_kernel = encoder(ids, mask).last_hidden_state
         monkeypatch.setattr(fast_encoder, "amx_attention", lambda *a: None)
         without = encoder(ids, mask).last_hidden_state
-    assert calls == [True, True]
-    real = mask.bool()
-    ours = (with_kernel.float() - exact)[real].abs().mean()
-    torchs = (without.float() - exact)[real].abs().mean()
-    assert not torch.equal(with_kernel, without)
-    assert ours <= torchs * 1.1
+    assert calls == [True, True]  # both layers
+    closer_or_as_close(with_kernel, without, exact, mask)
+
+
+@needs_kernel
+def test_packed_forward_uses_it_in_eval_mode_only(monkeypatch, wide_head_bert):
+    """Validation (eval, bf16 autocast) runs the kernel per length group; train mode never
+    does, even without dropout and gradients: gradient caching's no-grad pass must compute
+    what its pass with gradients computes."""
+    import transformers as tf
+
+    model = tf.BertModel.from_pretrained(wide_head_bert).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        exact = packed_forward(model, ids, mask).last_hidden_state
+        calls = counting_kernel(monkeypatch, packed_encoder)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with_kernel = packed_forward(model, ids, mask).last_hidden_state
+            assert calls and all(calls)
+            model.train()
+            calls.clear()
+            packed_forward(model, ids, mask)
+            assert calls == []
+            model.eval()
+            monkeypatch.setattr(packed_encoder, "amx_attention", lambda *a: None)
+            without = packed_forward(model, ids, mask).last_hidden_state
+    closer_or_as_close(with_kernel, without, exact, mask)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .amx_attention import amx_attention
 from .dropout import dropout
 from .embedding_grad import embedding_rows
 from .fast_encoder import position_ids
@@ -116,23 +117,29 @@ def attention(qkv: torch.Tensor, layout: PackedLayout, heads: int, p: float,
               training: bool) -> torch.Tensor:
     """Multi-head self-attention of packed ``[tokens, 3 x hidden]`` projections, group by
     group. Training: the softmax in fp32, then :mod:`.dropout` on the probabilities as
-    transformers does (CPU SDPA would draw the mask serially); eval mode: SDPA."""
+    transformers does (CPU SDPA would draw the mask serially); eval mode: :mod:`.amx_attention`
+    where it applies (bf16 on an AMX CPU), else SDPA."""
     width = qkv.shape[1] // 3
     head_dim = width // heads
     outputs = []
     for g in layout.groups:
         padded = qkv.new_zeros(g.count * g.length, 3 * width).index_copy(
             0, g.positions, qkv[g.tokens])
-        q, k, v = padded.view(g.count, g.length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        if training and p > 0:
-            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))
-            scores = scores.masked_fill(g.pad_keys, float("-inf"))
-            probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
-            context = torch.matmul(dropout(probs, p, True), v)
-        else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=~g.pad_keys)
-        outputs.append(context.transpose(1, 2).reshape(g.count * g.length, width)
-                       .index_select(0, g.positions))
+        # eval mode only: gradient caching's no-grad pass (train mode) must compute what its
+        # second pass with gradients computes
+        context = None if training else amx_attention(
+            padded.view(g.count, g.length, -1), ~g.pad_keys[:, 0, 0, :], heads)
+        if context is None:
+            q, k, v = padded.view(g.count, g.length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            if training and p > 0:
+                scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))
+                scores = scores.masked_fill(g.pad_keys, float("-inf"))
+                probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
+                context = torch.matmul(dropout(probs, p, True), v)
+            else:
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=~g.pad_keys)
+            context = context.transpose(1, 2)
+        outputs.append(context.reshape(g.count * g.length, width).index_select(0, g.positions))
     return torch.cat(outputs)
 
 
