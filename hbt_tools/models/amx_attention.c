@@ -73,6 +73,27 @@ static inline void transpose16(__m512i *r) {
     }
 }
 
+/* c[32][32] (fp32, row stride ldc) = sum over steps of A B: A is 32 rows of 32 bf16 (row stride
+ * a_row bytes, the next step a_step bytes on), B 16 rows of 32 pair-interleaved dwords (b_row,
+ * b_step likewise). A tiles 0-1 (rows 0-15, 16-31), B tiles 2-3 (columns 0-15, 16-31), C 4-7. */
+static inline void product_32x32(const void *a, long a_row, long a_step, const void *b, long b_row,
+                                 long b_step, int steps, float *c, long ldc) {
+    _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+    for (int i = 0; i < steps; i++) {
+        const char *ai = (const char *)a + i * a_step, *bi = (const char *)b + i * b_step;
+        _tile_loadd(0, ai, a_row);
+        _tile_loadd(1, ai + 16 * a_row, a_row);
+        _tile_loadd(2, bi, b_row);
+        _tile_loadd(3, bi + 64, b_row);
+        _tile_dpbf16ps(4, 0, 2); _tile_dpbf16ps(5, 1, 2);
+        _tile_dpbf16ps(6, 0, 3); _tile_dpbf16ps(7, 1, 3);
+    }
+    _tile_stored(4, c, ldc * 4);
+    _tile_stored(6, c + 16, ldc * 4);
+    _tile_stored(5, c + 16 * ldc, ldc * 4);
+    _tile_stored(7, c + 16 * ldc + 16, ldc * 4);
+}
+
 /* One row of scores: pr = bf16(2^(scale s - max)) for the n real keys, zeros up to nkp;
  * returns 1 / the fp32 sum. Two accumulators each, so no max or add waits on the last. */
 static inline float softmax_row(const float *sr, uint16_t *pr, int n, int nkp, __m512 scale) {
@@ -172,47 +193,17 @@ static void run(const job *j) {
                 queries = qb;
                 stride = D;
             }
-            /* S = Q K^T, 32 queries x 32 keys per step: A tiles 0-1, B tiles 2-3, C tiles 4-7 */
-            if (D == 32) { _tile_loadd(0, queries, stride * 2); _tile_loadd(1, queries + 16 * stride, stride * 2); }
-            for (int k0 = 0; k0 < nkp; k0 += 32) {
-                _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-                for (int d0 = 0; d0 < D; d0 += 32) {
-                    if (D != 32) {
-                        _tile_loadd(0, queries + d0, stride * 2);
-                        _tile_loadd(1, queries + 16 * stride + d0, stride * 2);
-                    }
-                    const uint32_t *kb = kt + (long)(d0 / 2) * Lkp + k0;
-                    _tile_loadd(2, kb, Lkp * 4);
-                    _tile_loadd(3, kb + 16, Lkp * 4);
-                    _tile_dpbf16ps(4, 0, 2); _tile_dpbf16ps(5, 1, 2);
-                    _tile_dpbf16ps(6, 0, 3); _tile_dpbf16ps(7, 1, 3);
-                }
-                _tile_stored(4, s + k0, Lkp * 4);
-                _tile_stored(5, s + 16 * Lkp + k0, Lkp * 4);
-                _tile_stored(6, s + k0 + 16, Lkp * 4);
-                _tile_stored(7, s + 16 * Lkp + k0 + 16, Lkp * 4);
-            }
+            /* S = Q K^T, 32 queries x 32 keys per product, 32 dimensions per step */
+            for (int k0 = 0; k0 < nkp; k0 += 32)
+                product_32x32(queries, stride * 2, 64, kt + k0, Lkp * 4, 16L * Lkp * 4, D / 32,
+                              s + k0, Lkp);
             float inv_sum[32];
             for (int r = 0; r < rows; r++)
                 inv_sum[r] = softmax_row(s + (long)r * Lkp, p + (long)r * Lkp, n, nkp, scale);
             for (int r = rows; r < 32; r++) memset(p + (long)r * Lkp, 0, nkp * 2);
-            /* O = P V, 32 queries x 32 dimensions at a time */
-            for (int d0 = 0; d0 < D; d0 += 32) {
-                _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
-                for (int k0 = 0; k0 < nkp; k0 += 32) {
-                    _tile_loadd(0, p + k0, Lkp * 2);
-                    _tile_loadd(1, p + 16 * Lkp + k0, Lkp * 2);
-                    const uint32_t *vb = vp + (long)(k0 / 2) * D + d0;
-                    _tile_loadd(2, vb, D * 4);
-                    _tile_loadd(3, vb + 16, D * 4);
-                    _tile_dpbf16ps(4, 0, 2); _tile_dpbf16ps(5, 0, 3);
-                    _tile_dpbf16ps(6, 1, 2); _tile_dpbf16ps(7, 1, 3);
-                }
-                _tile_stored(4, o + d0, D * 4);
-                _tile_stored(5, o + d0 + 16, D * 4);
-                _tile_stored(6, o + 16 * D + d0, D * 4);
-                _tile_stored(7, o + 16 * D + d0 + 16, D * 4);
-            }
+            /* O = P V, 32 queries x 32 dimensions per product, 32 keys per step */
+            for (int d0 = 0; d0 < D; d0 += 32)
+                product_32x32(p, Lkp * 2, 64, vp + d0, D * 4, 16L * D * 4, nkp / 32, o + d0, D);
             for (int r = 0; r < rows; r++) {
                 uint16_t *dst = j->out + ((long)(b * L + q0 + r) * H + h) * D;
                 const __m512 f = _mm512_set1_ps(inv_sum[r]);
