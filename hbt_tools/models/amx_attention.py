@@ -9,11 +9,13 @@ exponential, and reads Q, K, V where the QKV projection wrote them: 15-21 ms on 
 
 How: the C source next to this file is compiled with the system's C compiler (``$CC`` or
 ``cc``) into ``<cache>/kernels/`` the first time it is needed (~0.5 s), under a name from a
-hash of the source and flags, and loaded with ctypes (the call releases the GIL; the kernel
-starts its own threads, ``torch.get_num_threads()`` of them). Where anything is missing (not
-x86-64 Linux, no AMX, no compiler, a failed compile: remembered in ``<name>.failed`` with the
-compiler's message) :func:`amx_attention` returns None and the caller uses PyTorch's attention.
-``HBT_AMX_ATTENTION=0`` turns the kernel off.
+hash of the source and flags, and loaded with ctypes. It runs on OpenMP threads: linked
+against ``libgomp.so.1``, it resolves to the copy PyTorch loaded, so it shares PyTorch's thread
+pool and thread count (its own threads competed with PyTorch's still-spinning workers: 24 ms
+instead of 16-21 per call inside the model). Where anything is missing (not x86-64 Linux, no
+AMX, no compiler, a failed compile: remembered in ``<name>.failed`` with the compiler's message;
+delete it to try again) :func:`amx_attention` returns None and the caller uses PyTorch's
+attention. ``HBT_AMX_ATTENTION=0`` turns the kernel off.
 
 Numbers: scores and sums in fp32, the numerators rounded to bf16 before the second product, the
 output rounded once; tests/test_amx_attention.py holds it to PyTorch's bf16 attention's error
