@@ -20,6 +20,29 @@ needs_cuda = pytest.mark.skipif(not torch_sees_cuda(),
                                 reason="needs a CUDA GPU (run on a GPU machine)")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: ppid
+            children.append(int(entry))
+    return children
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whatever reaps it here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def run_cli(name, *args, input=None, env=None, cwd=None, timeout=600):
     """Run ``bin/NAME ARGS`` in a real subprocess; returns CompletedProcess (bytes)."""
     full_env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

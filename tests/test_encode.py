@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli_contract import CommandContract, jsonl_cases, model_cases
-from conftest import ROOT, needs_cuda, torch_sees_cuda
+from conftest import ROOT, child_pids, needs_cuda, running, torch_sees_cuda
 from tiny_models import FAMILIES, make_tiny_model
 
 from hbt_tools.encoding import (EmbeddingWriter, TextRecipe, encode_file, length_batches,
@@ -150,27 +150,6 @@ class TestEncodeCommand(CommandContract):
             assert not left, left
 
 
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc)."""
-    children = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except (OSError, ValueError):
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: ppid
-            children.append(int(entry))
-    return children
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whatever reaps it here)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @needs_cuda

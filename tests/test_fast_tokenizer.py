@@ -2,13 +2,15 @@
 and never forked where torch or tokenizers are loaded already."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, child_pids, running
 from tiny_models import make_tiny_model, texts
 
 from hbt_tools.encoding import encode_file
@@ -88,3 +90,41 @@ def test_no_fork_once_torch_or_tokenizers_is_loaded(model):
                           "from hbt_tools.models.fast_tokenizer import start_tokenizer_process\n"
                           "print(start_tokenizer_process(sys.argv[1]))", model)
     assert loaded.strip() == "None"
+
+
+BUSY_PARENT = """
+import signal, sys
+def unwind(signum, frame):
+    raise SystemExit(128 + signum)
+signal.signal(signal.SIGTERM, unwind)  # as hbt-encode does, before it forks the worker
+from hbt_tools.models.fast_tokenizer import start_tokenizer_process
+process = start_tokenizer_process(sys.argv[1])
+process.pad_token_id
+print("ready", flush=True)
+while True:
+    process(["ein langer Satz, der viele Token hat"] * 20000)
+"""
+
+
+def test_the_worker_dies_with_a_killed_parent_even_while_it_tokenizes(model):
+    """SIGKILL leaves the parent no clean-up: the worker's death signal (SIGTERM) must end it
+    even mid-task. With the parent's unwinding SIGTERM handler inherited, the executor caught
+    the SystemExit as the task's error and then waited for work on a pipe it holds open itself,
+    forever."""
+    parent = subprocess.Popen([sys.executable, "-c", BUSY_PARENT, model], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        (worker,) = child_pids(parent.pid)
+        time.sleep(1.0)  # well inside a 20,000-text task
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and running(worker):
+        time.sleep(0.05)
+    alive = running(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the tokenizer worker outlived its killed parent"

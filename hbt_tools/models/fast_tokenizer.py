@@ -84,11 +84,15 @@ _worker_tokenizer: FastTokenizer | None = None
 
 def _worker_signals(parent: int) -> None:
     """Die with the parent, even when it is killed (SIGKILL runs no clean-up), and leave Ctrl-C
-    to the parent, which stops and shuts the worker down (else a second traceback)."""
+    to the parent, which stops and shuts the worker down (else a second traceback). SIGTERM
+    gets its default action back: a handler inherited from the parent (hbt-encode's raises
+    SystemExit) would be caught by the executor as the task's error, and the worker would then
+    wait for work forever."""
     import ctypes
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before prctl took effect
