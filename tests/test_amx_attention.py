@@ -1,8 +1,6 @@
 """hbt-encode's AMX attention kernel against a float64 attention written out here, and its
-fallbacks (no kernel, inputs it does not take, a compiler that fails)."""
+fallback for inputs it does not take (compiling and loading: test_native.py)."""
 import json
-import os
-import stat
 
 import pytest
 import torch
@@ -86,52 +84,6 @@ def test_inputs_it_does_not_take_go_back_to_the_caller():
     empty = mask.clone()
     empty[1] = 0
     assert amx.amx_attention(qkv, empty, 2) is None
-
-
-def test_switched_off_by_the_environment(monkeypatch):
-    monkeypatch.setenv("HBT_AMX_ATTENTION", "0")
-    amx.load_kernel.cache_clear()
-    try:
-        assert amx.load_kernel() is None
-        qkv, _, mask = random_case(2, 20, 2, 32, seed=3)
-        assert amx.amx_attention(qkv, mask, 2) is None
-    finally:
-        monkeypatch.delenv("HBT_AMX_ATTENTION")
-        amx.load_kernel.cache_clear()
-
-
-def fake_compiler(tmp_path, exit_code):
-    """A ``cc`` that counts its runs in a file and exits with ``exit_code``."""
-    script = tmp_path / "fake-cc"
-    script.write_text(f"#!/bin/sh\necho run >> {tmp_path / 'runs'}\n"
-                      f"echo 'fake-cc: no such flag' >&2\nexit {exit_code}\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script)
-
-
-def test_a_failed_compile_is_remembered_and_not_retried(tmp_path, monkeypatch):
-    monkeypatch.setenv("CC", fake_compiler(tmp_path, 1))
-    cache = tmp_path / "cache"
-    assert amx.compile_kernel(str(cache)) is None
-    assert amx.compile_kernel(str(cache)) is None
-    assert (tmp_path / "runs").read_text().count("run") == 1
-    (failed,) = (cache / "kernels").glob("*.failed")
-    assert "no such flag" in failed.read_text()
-    assert not [p for p in (cache / "kernels").iterdir() if p.suffix in (".so", ".tmp")]
-
-
-def test_no_compiler_means_no_kernel(tmp_path, monkeypatch):
-    monkeypatch.setenv("CC", str(tmp_path / "not-there"))
-    assert amx.compile_kernel(str(tmp_path / "cache")) is None
-
-
-@needs_kernel
-def test_compiled_once_then_reused(tmp_path):
-    path = amx.compile_kernel(str(tmp_path))
-    assert path and os.path.exists(path)
-    first = os.stat(path).st_mtime_ns
-    assert amx.compile_kernel(str(tmp_path)) == path and os.stat(path).st_mtime_ns == first
-    assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".tmp")]
 
 
 @pytest.fixture(scope="module")

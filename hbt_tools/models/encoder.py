@@ -12,7 +12,7 @@ import sys
 import torch
 
 from ..io import InputError
-from .amx_attention import cpu_flags
+from .native import cpu_flags
 from .fast_tokenizer import FastTokenizer
 from .folder import (InferenceFolder, check_model_folder, hub_file, inference_folder,
                      load_failure, resolve_model_path)

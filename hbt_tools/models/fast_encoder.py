@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import InputError
+from .add_layer_norm import add_layer_norm
 from .amx_attention import amx_attention
 from .folder import load_failure
 
@@ -93,6 +94,12 @@ class FastBertEncoder(torch.nn.Module):
         return F.layer_norm(x, x.shape[-1:], self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias"),
                             self.eps)
 
+    def _add_norm(self, x: torch.Tensor, residual: torch.Tensor, prefix: str) -> torch.Tensor:
+        """``layer_norm(x + residual)``: one C pass in bf16 where it runs (sum kept in fp32)."""
+        out = add_layer_norm(x, residual, self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias"),
+                             self.eps)
+        return self._norm(x + residual, prefix) if out is None else out
+
     def _linear(self, x: torch.Tensor, prefix: str, activation: str = "none") -> torch.Tensor:
         """``activation(x @ W.T + b)``, activation "none" or "gelu" (erf, as BERT's)."""
         weight, bias = self.w(f"{prefix}.weight"), self.w(f"{prefix}.bias")
@@ -122,11 +129,11 @@ class FastBertEncoder(torch.nn.Module):
                 q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
                 context = context.transpose(1, 2).reshape(batch, length, -1)
-            x = self._norm(self._linear(context, f"{p}.attention.output.dense") + x,
-                           f"{p}.attention.output.LayerNorm")
+            x = self._add_norm(self._linear(context, f"{p}.attention.output.dense"), x,
+                               f"{p}.attention.output.LayerNorm")
             hidden = self._linear(x, f"{p}.intermediate.dense", "gelu")
-            x = self._norm(self._linear(hidden, f"{p}.output.dense") + x,
-                           f"{p}.output.LayerNorm")
+            x = self._add_norm(self._linear(hidden, f"{p}.output.dense"), x,
+                               f"{p}.output.LayerNorm")
         pooled = torch.tanh(self._linear(x[:, 0], "pooler.dense")) \
             if self.has("pooler.dense.weight") else None
         return SimpleNamespace(last_hidden_state=x, pooler_output=pooled)
