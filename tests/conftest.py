@@ -43,6 +43,21 @@ def running(pid: int) -> bool:
         return False
 
 
+def record_kernel_calls(monkeypatch, module, name: str) -> list[bool]:
+    """Route ``module.name`` (a C kernel's wrapper, None where it does not apply) through a
+    recorder; the returned list gets, per call, whether the kernel ran."""
+    kernel = getattr(module, name)
+    calls = []
+
+    def recorded(*args):
+        out = kernel(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, name, recorded)
+    return calls
+
+
 def run_cli(name, *args, input=None, env=None, cwd=None, timeout=600):
     """Run ``bin/NAME ARGS`` in a real subprocess; returns CompletedProcess (bytes)."""
     full_env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hbt_tools.models import add_layer_norm as fused
 from hbt_tools.models import fast_encoder
 from hbt_tools.models.fast_encoder import FastBertEncoder
+from conftest import record_kernel_calls
 from tiny_models import make_tiny_model
 
 needs_kernel = pytest.mark.skipif(fused.load_kernel() is None,
@@ -68,17 +69,10 @@ def test_fast_encoder_uses_it_in_bf16(monkeypatch, tmp_path):
     encoder = FastBertEncoder(fast_path_config(folder), load_file(f"{folder}/model.safetensors"))
     ids = torch.randint(5, 300, (3, 40), generator=torch.Generator().manual_seed(0))
     mask = (torch.arange(40)[None, :] < torch.tensor([40, 22, 3])[:, None]).long()
-    calls = []
-
-    def counted(*args):
-        out = fused.add_layer_norm(*args)
-        calls.append(out is not None)
-        return out
-
     with torch.inference_mode():
         exact = encoder(ids, mask).last_hidden_state
         encoder.to(torch.bfloat16)
-        monkeypatch.setattr(fast_encoder, "add_layer_norm", counted)
+        calls = record_kernel_calls(monkeypatch, fast_encoder, "add_layer_norm")
         with_kernel = encoder(ids, mask).last_hidden_state
         monkeypatch.setattr(fast_encoder, "add_layer_norm", lambda *a: None)
         without = encoder(ids, mask).last_hidden_state

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from conftest import record_kernel_calls
+
 from hbt_tools.models import amx_attention as amx
 from hbt_tools.models import fast_encoder, packed_encoder
 from hbt_tools.models.fast_encoder import FastBertEncoder
@@ -107,19 +109,6 @@ def batch():
     return ids, mask
 
 
-def counting_kernel(monkeypatch, module):
-    """Replace ``module.amx_attention`` by the kernel recording whether each call ran it."""
-    calls = []
-
-    def counted(*args):
-        out = amx.amx_attention(*args)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(module, "amx_attention", counted)
-    return calls
-
-
 def closer_or_as_close(with_kernel, without, exact, mask):
     """The kernel's hidden states are as close to fp32 as PyTorch's bf16 attention gives."""
     real = mask.bool()
@@ -137,7 +126,7 @@ def test_fast_encoder_uses_it_in_bf16(monkeypatch, wide_head_bert):
     with torch.inference_mode():
         exact = encoder(ids, mask).last_hidden_state
         encoder.to(torch.bfloat16)
-        calls = counting_kernel(monkeypatch, fast_encoder)
+        calls = record_kernel_calls(monkeypatch, fast_encoder, "amx_attention")
         with_kernel = encoder(ids, mask).last_hidden_state
         monkeypatch.setattr(fast_encoder, "amx_attention", lambda *a: None)
         without = encoder(ids, mask).last_hidden_state
@@ -156,7 +145,7 @@ def test_packed_forward_uses_it_in_eval_mode_only(monkeypatch, wide_head_bert):
     ids, mask = batch()
     with torch.no_grad():
         exact = packed_forward(model, ids, mask).last_hidden_state
-        calls = counting_kernel(monkeypatch, packed_encoder)
+        calls = record_kernel_calls(monkeypatch, packed_encoder, "amx_attention")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with_kernel = packed_forward(model, ids, mask).last_hidden_state
             assert calls and all(calls)

@@ -150,8 +150,6 @@ class TestEncodeCommand(CommandContract):
             assert not left, left
 
 
-
-
 @needs_cuda
 def test_cuda_embeddings_match_the_cpu(models_dir, tmp_path):
     model = make_tiny_model(models_dir, "e5")

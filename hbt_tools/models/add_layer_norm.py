@@ -29,14 +29,13 @@ def load_kernel():
 def add_layer_norm(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    eps: float) -> torch.Tensor | None:
     """``layer_norm(a + b, weight, bias, eps)`` over the last dimension, or None where the
-    kernel does not apply (not all bf16 on the CPU, gradients wanted, a width that is not a
-    multiple of 16, different shapes, no kernel here)."""
+    kernel does not apply (not all bf16 on the CPU, gradients wanted, different shapes, a width
+    the kernel refuses: not a multiple of 16 or over 8,192; no kernel here)."""
     width = a.shape[-1]
     tensors = (a, b, weight, bias)
     if (any(t.dtype != torch.bfloat16 or t.device.type != "cpu" or t.requires_grad
             for t in tensors)
-            or a.shape != b.shape or weight.shape != (width,) or bias.shape != (width,)
-            or width % 16 or width > 8192):
+            or a.shape != b.shape or weight.shape != (width,) or bias.shape != (width,)):
         return None
     lib = load_kernel()
     if lib is None:

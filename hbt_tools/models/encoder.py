@@ -12,10 +12,10 @@ import sys
 import torch
 
 from ..io import InputError
-from .native import cpu_flags
 from .fast_tokenizer import FastTokenizer
 from .folder import (InferenceFolder, check_model_folder, hub_file, inference_folder,
                      load_failure, resolve_model_path)
+from .native import cpu_flags
 from .packed_encoder import packed_forward, supports_packing
 from .settings import SETTINGS_FILE, RetrievalSettings, family_defaults
 
