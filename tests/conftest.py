@@ -58,6 +58,32 @@ def record_kernel_calls(monkeypatch, module, name: str) -> list[bool]:
     return calls
 
 
+def encoder_with_and_without_kernel(monkeypatch, encoder, ids, mask, module, name: str):
+    """``encoder``'s hidden states in fp32, then in bf16 with the C kernel ``module.name``
+    (recorded: see :func:`record_kernel_calls`), then in bf16 with it switched off; and the
+    record. The encoder is left in bf16."""
+    import torch
+
+    with torch.inference_mode():
+        exact = encoder(ids, mask).last_hidden_state
+        encoder.to(torch.bfloat16)
+        calls = record_kernel_calls(monkeypatch, module, name)
+        with_kernel = encoder(ids, mask).last_hidden_state
+        monkeypatch.setattr(module, name, lambda *args: None)
+        without = encoder(ids, mask).last_hidden_state
+    return exact, with_kernel, without, calls
+
+
+def assert_kernel_as_close(with_kernel, without, exact, mask, factor: float) -> None:
+    """Over the real tokens, the kernel's output differs from PyTorch's, and its mean error
+    against ``exact`` is at most ``factor`` times PyTorch's."""
+    real = mask.bool()
+    assert not (with_kernel == without).all()
+    ours = (with_kernel.float() - exact)[real].abs().mean()
+    torchs = (without.float() - exact)[real].abs().mean()
+    assert ours <= torchs * factor
+
+
 def run_cli(name, *args, input=None, env=None, cwd=None, timeout=600):
     """Run ``bin/NAME ARGS`` in a real subprocess; returns CompletedProcess (bytes)."""
     full_env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hbt_tools.models import add_layer_norm as fused
 from hbt_tools.models import fast_encoder
 from hbt_tools.models.fast_encoder import FastBertEncoder
-from conftest import record_kernel_calls
+from conftest import assert_kernel_as_close, encoder_with_and_without_kernel
 from tiny_models import make_tiny_model
 
 needs_kernel = pytest.mark.skipif(fused.load_kernel() is None,
@@ -69,16 +69,7 @@ def test_fast_encoder_uses_it_in_bf16(monkeypatch, tmp_path):
     encoder = FastBertEncoder(fast_path_config(folder), load_file(f"{folder}/model.safetensors"))
     ids = torch.randint(5, 300, (3, 40), generator=torch.Generator().manual_seed(0))
     mask = (torch.arange(40)[None, :] < torch.tensor([40, 22, 3])[:, None]).long()
-    with torch.inference_mode():
-        exact = encoder(ids, mask).last_hidden_state
-        encoder.to(torch.bfloat16)
-        calls = record_kernel_calls(monkeypatch, fast_encoder, "add_layer_norm")
-        with_kernel = encoder(ids, mask).last_hidden_state
-        monkeypatch.setattr(fast_encoder, "add_layer_norm", lambda *a: None)
-        without = encoder(ids, mask).last_hidden_state
+    exact, with_kernel, without, calls = encoder_with_and_without_kernel(
+        monkeypatch, encoder, ids, mask, fast_encoder, "add_layer_norm")
     assert calls == [True] * 4  # 2 layers x 2 norms
-    real = mask.bool()
-    assert not torch.equal(with_kernel, without)
-    ours = (with_kernel.float() - exact)[real].abs().mean()
-    torchs = (without.float() - exact)[real].abs().mean()
-    assert ours <= torchs * 1.05
+    assert_kernel_as_close(with_kernel, without, exact, mask, factor=1.05)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from conftest import record_kernel_calls
+from conftest import assert_kernel_as_close, encoder_with_and_without_kernel, record_kernel_calls
 
 from hbt_tools.models import amx_attention as amx
 from hbt_tools.models import fast_encoder, packed_encoder
@@ -109,29 +109,15 @@ def batch():
     return ids, mask
 
 
-def closer_or_as_close(with_kernel, without, exact, mask):
-    """The kernel's hidden states are as close to fp32 as PyTorch's bf16 attention gives."""
-    real = mask.bool()
-    assert not torch.equal(with_kernel, without)
-    ours = (with_kernel.float() - exact)[real].abs().mean()
-    torchs = (without.float() - exact)[real].abs().mean()
-    assert ours <= torchs * 1.1
-
-
 @needs_kernel
 def test_fast_encoder_uses_it_in_bf16(monkeypatch, wide_head_bert):
     encoder = FastBertEncoder(json.loads((wide_head_bert / "config.json").read_text()),
                               load_file(str(wide_head_bert / "model.safetensors")))
     ids, mask = batch()
-    with torch.inference_mode():
-        exact = encoder(ids, mask).last_hidden_state
-        encoder.to(torch.bfloat16)
-        calls = record_kernel_calls(monkeypatch, fast_encoder, "amx_attention")
-        with_kernel = encoder(ids, mask).last_hidden_state
-        monkeypatch.setattr(fast_encoder, "amx_attention", lambda *a: None)
-        without = encoder(ids, mask).last_hidden_state
+    exact, with_kernel, without, calls = encoder_with_and_without_kernel(
+        monkeypatch, encoder, ids, mask, fast_encoder, "amx_attention")
     assert calls == [True, True]  # both layers
-    closer_or_as_close(with_kernel, without, exact, mask)
+    assert_kernel_as_close(with_kernel, without, exact, mask, factor=1.1)
 
 
 @needs_kernel
@@ -156,4 +142,4 @@ def test_packed_forward_uses_it_in_eval_mode_only(monkeypatch, wide_head_bert):
             model.eval()
             monkeypatch.setattr(packed_encoder, "amx_attention", lambda *a: None)
             without = packed_forward(model, ids, mask).last_hidden_state
-    closer_or_as_close(with_kernel, without, exact, mask)
+    assert_kernel_as_close(with_kernel, without, exact, mask, factor=1.1)
