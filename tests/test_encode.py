@@ -330,6 +330,23 @@ def test_length_batches_respect_the_token_budget():
         assert len(b) == 1 or widths[0] * len(b) <= 100
 
 
+def test_token_budget_defaults_to_the_devices_and_an_explicit_one_wins(models_dir, tmp_path,
+                                                                       monkeypatch):
+    import hbt_tools.encoding
+
+    budgets = []
+    real = hbt_tools.encoding.length_batches
+    monkeypatch.setattr(hbt_tools.encoding, "length_batches",
+                        lambda lengths, batch_tokens, batch_size:
+                        budgets.append(batch_tokens) or real(lengths, batch_tokens, batch_size))
+    model = make_tiny_model(models_dir, "bert")
+    data = write_jsonl(tmp_path / "q.jsonl", make_rows(3))
+    for extra in ([], ["--batch-tokens", "96"]):
+        invoke(["--model", model, "--kind", "query", "--device", "cpu", data,
+                "-o", tmp_path / "q.npy", *extra])
+    assert budgets == [4096, 96]
+
+
 def test_npy_header_is_read_by_numpy(tmp_path):
     for dtype in (np.float32, np.float16):
         arr = np.arange(24, dtype=dtype).reshape(4, 6)

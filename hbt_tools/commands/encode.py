@@ -41,8 +41,9 @@ hbt-encode --model runs/hybrid --kind passage --template "{title}: {text}" \\
               show_default=True, help="Precision of the stored embeddings.")
 @click.option("--batch-size", type=int, default=256, show_default=True,
               help="Max texts per forward pass.")
-@click.option("--batch-tokens", type=int, default=16384, show_default=True,
-              help="Max padded tokens per forward pass (texts are batched by length).")
+@click.option("--batch-tokens", type=int, default=None,
+              help="Max padded tokens per forward pass (texts are batched by length). "
+                   "Default: 4096 on the CPU, 16384 on a GPU.")
 @click.option("--chunk-size", type=int, default=8192, show_default=True,
               help="Rows read, sorted by length and encoded together (memory bound).")
 @click.option("--shard", default=None, metavar="I/N",
