@@ -158,12 +158,12 @@ def hub_cache_with(root, repo: str, folder: str, leave_out: str = "") -> None:
 # were asked of the hub one by one (hub_file) after the snapshot.
 LOAD_BY_HUB_NAME = """
 import sys
-from hbt_tools.models import encoder
+from hbt_tools.models import encoder, folder
 asked = []
-def hub_file(name, file, _real=encoder.hub_file):
+def hub_file(name, file, _real=folder.hub_file):
     asked.append(file)
     return _real(name, file)
-encoder.hub_file = hub_file
+folder.hub_file = hub_file
 biencoder, _ = getattr(encoder, sys.argv[1])(sys.argv[2])
 print(type(biencoder.model).__name__, biencoder.settings.pooling,
       any(m.split(".")[0] == "transformers" for m in sys.modules), len(asked))

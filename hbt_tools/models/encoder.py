@@ -13,11 +13,11 @@ import torch
 
 from ..io import InputError
 from .fast_tokenizer import FastTokenizer
-from .folder import (InferenceFolder, check_model_folder, hub_file, inference_folder,
-                     load_failure, resolve_model_path)
+from .folder import (InferenceFolder, check_model_folder, inference_folder, load_failure,
+                     resolve_model_path, retrieval_settings)
 from .native import cpu_flags
 from .packed_encoder import packed_forward, supports_packing
-from .settings import SETTINGS_FILE, RetrievalSettings, family_defaults
+from .settings import RetrievalSettings
 
 
 class BiEncoder(torch.nn.Module):
@@ -90,7 +90,8 @@ def load_biencoder(name_or_path: str, trust_remote_code: bool = False, *,
                 output_loading_info=True)
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise load_failure(e, name_or_path) from None
-    settings = _settings(settings_folder or path, config.model_type, name_or_path, overrides)
+    settings = retrieval_settings(settings_folder or path, config.model_type, name_or_path,
+                                  overrides)
     _check_missing_weights(loading_info.get("missing_keys", ()), settings, name_or_path)
     return BiEncoder(model, settings), tokenizer
 
@@ -111,19 +112,8 @@ def load_inference_biencoder(name_or_path: str, trust_remote_code: bool = False,
                               settings_folder=path if os.path.isdir(path) else None,
                               **overrides)
     return (BiEncoder(load_fast_encoder(path, config),
-                      _settings(path, config["model_type"], name_or_path, overrides)),
+                      retrieval_settings(path, config["model_type"], name_or_path, overrides)),
             tokenizer or FastTokenizer(path))
-
-
-def _settings(path: str, model_type: str, name_or_path: str, overrides: dict) -> RetrievalSettings:
-    """The folder's (or hub model's) ``hbt_retrieval.json``, else the family's defaults; then
-    ``overrides``."""
-    if not os.path.isdir(path):  # a hub name
-        saved = hub_file(path, SETTINGS_FILE)
-        path = os.path.dirname(saved) if saved else ""
-    base = (RetrievalSettings.load(path) if path else None) \
-        or family_defaults(model_type, name_or_path)
-    return base.updated(**overrides)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

@@ -61,7 +61,12 @@ class TokenizerProcess:
 
     def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None,
                  **_ignored) -> dict:
-        return self._pool.submit(_worker_encode, texts, truncation, max_length).result()
+        return self.submit(texts, truncation, max_length).result()
+
+    def submit(self, texts: list[str], truncation: bool = True, max_length: int | None = None):
+        """A future of ``self(texts, ...)``: the worker starts on it while this process goes on
+        (hbt-encode's first chunk is tokenized while torch is imported)."""
+        return self._pool.submit(_worker_encode, texts, truncation, max_length)
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)

@@ -8,7 +8,7 @@ import os
 from typing import NamedTuple
 
 from ..io import InputError
-from .settings import SETTINGS_FILE
+from .settings import SETTINGS_FILE, RetrievalSettings, family_defaults
 
 # What hbt_tools.models.fast_encoder reads (hbt_retrieval.json besides, when there is one).
 FAST_PATH_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -137,3 +137,15 @@ def hub_snapshot(name: str) -> str | None:
         return None  # cached without some of these files: transformers may still load it
     except (OSError, ValueError) as e:
         raise load_failure(e, name) from None
+
+
+def retrieval_settings(path: str, model_type: str, name_or_path: str,
+                       overrides: dict) -> RetrievalSettings:
+    """The folder's (or hub model's) ``hbt_retrieval.json``, else the family's defaults; then
+    ``overrides``. No torch: hbt-encode knows its prefix and max length before the import."""
+    if not os.path.isdir(path):  # a hub name
+        saved = hub_file(path, SETTINGS_FILE)
+        path = os.path.dirname(saved) if saved else ""
+    base = (RetrievalSettings.load(path) if path else None) \
+        or family_defaults(model_type, name_or_path)
+    return base.updated(**overrides)
