@@ -16,6 +16,7 @@ without ties, since ranx does not break ties as trec_eval does.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -144,11 +145,10 @@ def main():
     parser.add_argument("--json", help="results file (default benchmarks/results/score.json)")
     args = parser.parse_args()
     peers = ["pytrec_eval"]
-    try:
-        import ranx  # noqa: F401
+    if importlib.util.find_spec("ranx") is not None:
         ranx_scores(*make_data(tempfile.mkdtemp(), 20, 10))   # compile numba kernels first
         peers.append("ranx")
-    except ImportError:
+    else:
         print("ranx not installed: skipped", file=sys.stderr)
     tools = [("hbt-score (command)", hbt_command), ("hbt-score (in process)", hbt_in_process)]
     tools += [(peer, PEERS[peer]) for peer in peers]
