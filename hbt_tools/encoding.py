@@ -426,7 +426,7 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     first_chunk = next(chunks)
     folder = inference_folder(model)
     # before torch is imported: loading the tokenizer and tokenizing the first chunk overlap
-    # with that import (0.1-0.2 s for 300 passages; seconds for a full chunk)
+    # with that import (0.1-0.2 s of tokenizing for 300 passages)
     worker = start_tokenizer_process(folder.path) if folder.fast_config else None
     first_token_ids = None
     try:
