@@ -5,7 +5,8 @@ work, not by matrix multiplies: for 64 texts x 256 tokens it took 37-47 ms per l
 2-core AMX Xeon, as long as a third of the layer's linear layers, for a tenth of the FLOPs.
 ``amx_attention.c`` does the two products on AMX tiles and the softmax in AVX-512 with a short
 exponential, and reads Q, K, V where the QKV projection wrote them: 15-21 ms on the same inputs
-(interleaved, 2026-11-27).
+(interleaved, 2026-11-27). For head size 32 it then took blocks of 16 queries, whose scores stay
+in L1: 3.6 instead of 4.7 ms for 16 texts x 256 tokens (medians of 30, interleaved).
 
 How: compiled and loaded by :mod:`.native` (on first use, into the cache; run on PyTorch's
 OpenMP threads: with threads of its own it took 24 ms instead of 16-21 per call inside the
