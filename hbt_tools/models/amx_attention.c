@@ -158,6 +158,15 @@ static inline void real_keys(int n, int key0, __mmask16 *m0, __mmask16 *m1) {
     *m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
 }
 
+/* One query's context: its D fp32 values (a multiple of 32) times f, rounded to bf16. */
+static inline void write_context(uint16_t *dst, const float *o, float f, int D) {
+    const __m512 scale = _mm512_set1_ps(f);
+    for (int d0 = 0; d0 < D; d0 += 32)
+        _mm512_storeu_si512(dst + d0, (__m512i)_mm512_cvtne2ps_pbh(
+            _mm512_mul_ps(_mm512_loadu_ps(o + d0 + 16), scale),
+            _mm512_mul_ps(_mm512_loadu_ps(o + d0), scale)));
+}
+
 /* Head size 32 (mE5-small, MiniLM): blocks of 16 queries, so the scores of a block (16 x Lkp
  * fp32, 16 KB at 256 tokens) stay in L1 with P, K^T and V, and P V accumulates in two tiles
  * over the key blocks instead of one product per 32 x 32 output. With 32-query blocks, Q K^T
@@ -216,13 +225,9 @@ static void run_head32(const job *j, const uint32_t *kt, const uint32_t *vp, int
             _tile_dpbf16ps(6, 3, 1); _tile_dpbf16ps(7, 3, 2);
         }
         _tile_stored(6, o, 128); _tile_stored(7, o + 16, 128);
-        for (int r = 0; r < rows; r++) {
-            uint16_t *dst = j->out + ((long)(b * L + q0 + r) * H + h) * D;
-            const __m512 f = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum[r]));
-            _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(
-                _mm512_mul_ps(_mm512_load_ps(o + r * 32 + 16), f),
-                _mm512_mul_ps(_mm512_load_ps(o + r * 32), f)));
-        }
+        for (int r = 0; r < rows; r++)
+            write_context(j->out + ((long)(b * L + q0 + r) * H + h) * D, o + r * D,
+                          1.0f / _mm512_reduce_add_ps(sum[r]), D);
     }
 }
 
@@ -290,14 +295,9 @@ static void run(const job *j) {
             /* O = P V, 32 queries x 32 dimensions per product, 32 keys per step */
             for (int d0 = 0; d0 < D; d0 += 32)
                 product_32x32(p, Lkp * 2, 64, vp + d0, D * 4, 16L * D * 4, nkp / 32, o + d0, D);
-            for (int r = 0; r < rows; r++) {
-                uint16_t *dst = j->out + ((long)(b * L + q0 + r) * H + h) * D;
-                const __m512 f = _mm512_set1_ps(inv_sum[r]);
-                for (int d0 = 0; d0 < D; d0 += 32)
-                    _mm512_storeu_si512(dst + d0, (__m512i)_mm512_cvtne2ps_pbh(
-                        _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d0 + 16), f),
-                        _mm512_mul_ps(_mm512_loadu_ps(o + r * D + d0), f)));
-            }
+            for (int r = 0; r < rows; r++)
+                write_context(j->out + ((long)(b * L + q0 + r) * H + h) * D, o + r * D,
+                              inv_sum[r], D);
         }
     }
     _tile_release();
