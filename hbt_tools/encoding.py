@@ -240,27 +240,23 @@ def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> li
 def embed_token_ids(biencoder, token_ids: list[list[int]], pad_id: int,
                     batch_tokens: int | None, batch_size: int, on_batch=None) -> np.ndarray:
     """Embeddings (float32, input order) of already tokenized texts, computed on the device
-    the model is on; ``batch_tokens`` None = that device's :data:`BATCH_TOKENS`."""
-    import torch
-
-    device = next(biencoder.parameters()).device
-    batch_tokens = batch_tokens or BATCH_TOKENS.get(device.type, BATCH_TOKENS["cuda"])
+    the model is on; ``batch_tokens`` None = that device's :data:`BATCH_TOKENS`.
+    ``biencoder``: a :class:`.models.encoder.BiEncoder` or a
+    :class:`.models.native_bert.NativeBiEncoder`."""
+    batch_tokens = batch_tokens or BATCH_TOKENS.get(biencoder.device_type, BATCH_TOKENS["cuda"])
     dim = biencoder.config.hidden_size
     out = np.empty((len(token_ids), dim), dtype=np.float32)
     lengths = [len(ids) for ids in token_ids]
-    with torch.inference_mode():
-        for rows in length_batches(lengths, batch_tokens, batch_size):
-            width = lengths[rows[0]]
-            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for j, r in enumerate(rows):
-                input_ids[j, :lengths[r]] = token_ids[r]
-                mask[j, :lengths[r]] = 1
-            emb = biencoder(torch.from_numpy(input_ids).to(device),
-                            torch.from_numpy(mask).to(device))
-            out[rows] = emb.float().cpu().numpy()
-            if on_batch is not None:
-                on_batch(int(mask.sum()))
+    for rows in length_batches(lengths, batch_tokens, batch_size):
+        width = lengths[rows[0]]
+        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, r in enumerate(rows):
+            input_ids[j, :lengths[r]] = token_ids[r]
+            mask[j, :lengths[r]] = 1
+        out[rows] = biencoder.embed_arrays(input_ids, mask)
+        if on_batch is not None:
+            on_batch(int(mask.sum()))
     return out
 
 
@@ -430,32 +426,51 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     worker = start_tokenizer_process(folder.path) if folder.fast_config else None
     first_token_ids = None
     try:
-        if worker is not None and first_chunk.texts:
+        if worker is not None:
             settings = retrieval_settings(folder.path, folder.fast_config["model_type"], model,
                                           settings_overrides)
-            first_token_ids = worker.submit(
-                [settings.prefix(kind) + t for t in first_chunk.texts], True,
-                settings.max_length(kind))
+            if first_chunk.texts:
+                first_token_ids = worker.submit(
+                    [settings.prefix(kind) + t for t in first_chunk.texts], True,
+                    settings.max_length(kind))
         from .memory import keep_freed_memory
-        from .models.encoder import load_inference_biencoder, resolve_device, resolve_dtype
 
         keep_freed_memory()  # activations reuse freed blocks instead of page-faulting each op
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        biencoder, tokenizer = load_inference_biencoder(
-            model, trust_remote_code=trust_remote_code, folder=folder, tokenizer=worker,
-            **settings_overrides)
-        prepare_model(biencoder, torch_dtype, torch_device)
+        biencoder = None
+        if worker is not None:  # no torch import where the native encoder runs the model
+            from .models.native_bert import native_biencoder
+
+            biencoder = native_biencoder(folder.path, folder.fast_config, settings, device,
+                                         dtype)
+        if biencoder is not None:
+            tokenizer, dtype_name, device_name = worker, biencoder.dtype_name, "cpu"
+        else:
+            biencoder, tokenizer, dtype_name, device_name = _load_torch_biencoder(
+                model, folder, worker, device, dtype, trust_remote_code, settings_overrides)
         start = time.perf_counter()
         writer, tokens = _encode_chunks(biencoder, tokenizer, first_chunk, first_token_ids,
                                         chunks, kind, input_path, output, batch_tokens,
                                         batch_size, output_dtype, progress)
         return EncodeSummary(writer.rows, writer.dim, tokens, time.perf_counter() - start,
-                             str(torch_dtype).replace("torch.", ""), output,
-                             str(next(biencoder.parameters()).device))
+                             dtype_name, output, device_name)
     finally:
         if worker is not None:
             worker.close()
+
+
+def _load_torch_biencoder(model: str, folder, worker, device: str, dtype: str,
+                          trust_remote_code: bool, settings_overrides: dict):
+    """(biencoder, tokenizer, dtype name, device name) on PyTorch, the model cast and moved."""
+    from .models.encoder import load_inference_biencoder, resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    biencoder, tokenizer = load_inference_biencoder(
+        model, trust_remote_code=trust_remote_code, folder=folder, tokenizer=worker,
+        **settings_overrides)
+    prepare_model(biencoder, torch_dtype, torch_device)
+    return (biencoder, tokenizer, str(torch_dtype).replace("torch.", ""),
+            str(next(biencoder.parameters()).device))
 
 
 def _encode_chunks(biencoder, tokenizer, first_chunk: Chunk, first_token_ids,

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from hbt_tools.models import add_layer_norm, amx_attention, native
+from hbt_tools.models import add_layer_norm, amx_attention, native, native_bert
 
 FLAGS = native.COMMON_FLAGS
 
@@ -49,13 +49,15 @@ def test_compiled_once_then_reused_and_recompiled_for_other_flags(tmp_path):
 
 
 def test_switched_off_by_the_environment(monkeypatch):
-    loaders = (native.load_library, amx_attention.load_kernel, add_layer_norm.load_kernel)
+    loaders = (native.load_library, amx_attention.load_kernel, add_layer_norm.load_kernel,
+               native_bert.load_kernel)
     monkeypatch.setenv("HBT_CPU_KERNELS", "0")
     for loader in loaders:
         loader.cache_clear()
     try:
         assert native.load_library("add_layer_norm") is None
         assert amx_attention.load_kernel() is None and add_layer_norm.load_kernel() is None
+        assert native_bert.load_kernel() is None
     finally:
         monkeypatch.delenv("HBT_CPU_KERNELS")
         for loader in loaders:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-
-import torch
+from typing import TYPE_CHECKING
 
 from .native import load_library
+
+if TYPE_CHECKING:
+    import torch
 
 
 @functools.cache
@@ -31,6 +33,8 @@ def add_layer_norm(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias:
     """``layer_norm(a + b, weight, bias, eps)`` over the last dimension, or None where the
     kernel does not apply (not all bf16 on the CPU, gradients wanted, different shapes, a width
     the kernel refuses: not a multiple of 16 or over 8,192; no kernel here)."""
+    import torch  # here, not above: load_kernel serves native_bert.py, which has no torch
+
     width = a.shape[-1]
     tensors = (a, b, weight, bias)
     if (any(t.dtype != torch.bfloat16 or t.device.type != "cpu" or t.requires_grad

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-
-import torch
+from typing import TYPE_CHECKING
 
 from .native import load_library
+
+if TYPE_CHECKING:
+    import torch
 
 AMX_FLAGS = ("-mamx-tile", "-mamx-bf16")
 AMX_FEATURES = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw", "avx512vl")
@@ -52,6 +54,8 @@ def amx_attention(qkv: torch.Tensor, attention_mask: torch.Tensor,
     None where the kernel does not apply: not bf16 on the CPU, gradients wanted, a head size
     that is not a multiple of 32, a mask with holes, or no kernel here.
     """
+    import torch  # here, not above: load_kernel serves native_bert.py, which has no torch
+
     batch, length, width = qkv.shape
     hidden = width // 3
     if (qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu" or qkv.requires_grad

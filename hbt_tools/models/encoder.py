@@ -37,6 +37,18 @@ class BiEncoder(torch.nn.Module):
     def config(self):
         return self.model.config
 
+    @property
+    def device_type(self) -> str:
+        return next(self.parameters()).device.type
+
+    def embed_arrays(self, input_ids, mask):
+        """Embeddings (float32 numpy) of a padded batch given as numpy arrays (token ids and
+        0/1 mask, int64), computed on the model's device without gradients."""
+        device = next(self.parameters()).device
+        with torch.inference_mode():
+            emb = self(torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device))
+            return emb.float().cpu().numpy()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # No work on padding (training, validation on the CPU): see packed_encoder.py. On a
         # CUDA GPU transformers' padded forward is the faster one: per-group small ops and

@@ -19,14 +19,10 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ..io import InputError
 from .add_layer_norm import add_layer_norm
 from .amx_attention import amx_attention
+from .bert_weights import check_complete, weight_prefix
 from .folder import load_failure
-
-# Prefixes that task heads put before the encoder's weight names (BertForX, XLMRobertaForX).
-WEIGHT_PREFIXES = ("bert.", "roberta.")
-
 
 def position_ids(input_ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
     """BERT numbers positions 0, 1, ... in every row (``padding_idx`` None); XLM-R from
@@ -147,19 +143,7 @@ def load_fast_encoder(folder: str, config: dict) -> FastBertEncoder:
         weights = load_file(os.path.join(folder, "model.safetensors"))
     except (SafetensorError, OSError) as e:
         raise load_failure(e, folder) from None
-    for prefix in WEIGHT_PREFIXES:
-        if weights and all(name.startswith(prefix) for name in weights):
-            weights = {name[len(prefix):]: tensor for name, tensor in weights.items()}
-    layer = ["attention.self.query", "attention.self.key", "attention.self.value",
-             "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense",
-             "output.dense", "output.LayerNorm"]
-    expected = [f"embeddings.{name}.weight" for name in (
-        "word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]
-    expected += ["embeddings.LayerNorm.bias"] + [
-        f"encoder.layer.{i}.{name}.{part}" for i in range(config["num_hidden_layers"])
-        for name in layer for part in ("weight", "bias")]
-    missing = [name for name in expected if name not in weights]
-    if missing:
-        raise InputError(f"cannot load a model from here (weight {missing[0]!r} missing)",
-                         folder)
+    prefix = weight_prefix(weights)
+    weights = {name[len(prefix):]: tensor for name, tensor in weights.items()}
+    check_complete(weights, config, folder)
     return FastBertEncoder(config, weights)

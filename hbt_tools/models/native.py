@@ -1,6 +1,7 @@
 """hbt-encode's C kernels (``<name>.c`` beside this file): compiled on first use, loaded with ctypes.
 
-Each kernel's source is compiled with the system's C compiler (``$CC`` or ``cc``) into
+Each kernel's source is compiled with the system's C compiler (``$CC`` or ``cc``; for
+``native_bert.cpp`` the C++ compiler, ``$CXX`` or ``c++``) into
 ``<cache>/kernels/<name>-<hash of source and flags>.so`` the first time it is needed (about half
 a second), atomically, and loaded with ctypes (a call releases the GIL). The kernels run on
 OpenMP threads: linked against ``libgomp.so.1``, they resolve to the copy PyTorch loaded, so
@@ -40,18 +41,25 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def library_path(name: str, flags: tuple[str, ...], cache_dir: str, compiler: str) -> str:
-    with open(os.path.join(HERE, f"{name}.c"), "rb") as fh:
+# source suffix and compiler (environment variable, default) per language
+LANGUAGES = {"c": (".c", "CC", "cc"), "c++": (".cpp", "CXX", "c++")}
+
+
+def library_path(name: str, flags: tuple[str, ...], cache_dir: str, compiler: str,
+                 language: str = "c") -> str:
+    with open(os.path.join(HERE, name + LANGUAGES[language][0]), "rb") as fh:
         digest = hashlib.sha256(fh.read() + " ".join([compiler, *flags]).encode()).hexdigest()
     return os.path.join(cache_dir, "kernels", f"{name}-{digest[:16]}.so")
 
 
-def compile_library(name: str, flags: tuple[str, ...], cache_dir: str) -> str | None:
+def compile_library(name: str, flags: tuple[str, ...], cache_dir: str,
+                    language: str = "c") -> str | None:
     """Path of ``name``'s compiled library, compiling it if needed; None where that fails."""
-    compiler = shutil.which(os.environ.get("CC") or "cc")
+    suffix, variable, default = LANGUAGES[language]
+    compiler = shutil.which(os.environ.get(variable) or default)
     if compiler is None:
         return None
-    path = library_path(name, flags, cache_dir, compiler)
+    path = library_path(name, flags, cache_dir, compiler, language)
     if os.path.exists(path):
         return path
     if os.path.exists(path + ".failed"):
@@ -60,7 +68,7 @@ def compile_library(name: str, flags: tuple[str, ...], cache_dir: str) -> str | 
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".so.tmp")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *flags, "-o", tmp, os.path.join(HERE, f"{name}.c")],
+        done = subprocess.run([compiler, os.path.join(HERE, name + suffix), *flags, "-o", tmp],
                               capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         done = subprocess.CompletedProcess([], 1, "", str(e))
