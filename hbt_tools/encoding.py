@@ -38,7 +38,8 @@ import numpy as np
 from .io import (InputError, STDIO, display_name, dumps_jsonl, field, iter_lines,
                  parse_json_line, sidecar_path)
 from .models.fast_tokenizer import start_tokenizer_process
-from .models.folder import check_model_folder, inference_folder, retrieval_settings
+from .models.folder import (check_model_folder, inference_folder, position_limit,
+                            retrieval_settings)
 
 KINDS = ("query", "passage")
 DEFAULT_FIELDS = {"query": "text", "passage": "title?,text,context?"}
@@ -426,10 +427,11 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     worker = start_tokenizer_process(folder.path) if folder.fast_config else None
     first_token_ids = None
     try:
-        if worker is not None:
+        if folder.fast_config:
             settings = retrieval_settings(folder.path, folder.fast_config["model_type"], model,
                                           settings_overrides)
-            if first_chunk.texts:
+            _check_position_limit(settings.max_length(kind), folder.fast_config, kind)
+            if worker is not None and first_chunk.texts:
                 first_token_ids = worker.submit(
                     [settings.prefix(kind) + t for t in first_chunk.texts], True,
                     settings.max_length(kind))
@@ -456,6 +458,15 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
     finally:
         if worker is not None:
             worker.close()
+
+
+def _check_position_limit(max_length: int, config: dict, kind: str) -> None:
+    """A clear error, before any work, where texts truncated to ``max_length`` tokens would
+    overrun the model's position table."""
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise InputError(f"{max_length} tokens do not fit this model, which has {limit} "
+                         f"positions: use at most {limit}", field=f"max-{kind}-length")
 
 
 def _load_torch_biencoder(model: str, folder, worker, device: str, dtype: str,

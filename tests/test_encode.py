@@ -353,6 +353,23 @@ def test_token_budget_defaults_to_the_devices_and_an_explicit_one_wins(models_di
     assert budgets == [4096, 96]
 
 
+def test_a_max_length_beyond_the_position_table_is_refused_up_front(models_dir, tmp_path):
+    from hbt_tools.commands.encode import cli
+
+    data = write_jsonl(tmp_path / "long.jsonl", [{"id": "long", "text": " ".join(WORDS * 40)}])
+    # 300 position rows in the tiny models; XLM-R's positions start at padding_idx + 1 = 2
+    for family, limit in (("xlm-roberta", 298), ("bert", 300)):
+        model = make_tiny_model(models_dir, family)
+        out = tmp_path / f"{family}.npy"
+        args = ["--model", model, "--kind", "passage", data, "-o", str(out)]
+        refused = CliRunner().invoke(cli, [*args, "--max-length", str(limit + 1)])
+        assert refused.exit_code == 2, refused.output
+        assert f"do not fit this model, which has {limit} positions" in refused.output
+        assert not out.exists()
+        done = invoke([*args, "--max-length", str(limit)])
+        assert f"{limit} tokens" in done.output, done.output
+
+
 def test_npy_header_is_read_by_numpy(tmp_path):
     for dtype in (np.float32, np.float16):
         arr = np.arange(24, dtype=dtype).reshape(4, 6)

@@ -136,3 +136,14 @@ def test_hbt_encode_runs_it_without_importing_torch(models, tmp_path):
                           progress=False, batch_tokens=300)
     assert summary.dtype == "bfloat16"
     assert np.array_equal(np.load(tmp_path / "native.npy"), np.load(tmp_path / "torch.npy"))
+
+
+@needs_native
+def test_an_error_inside_comes_back_as_one_line(models):
+    folder = models["bert"]
+    native = native_bert.native_biencoder(folder, config_of(folder), RetrievalSettings(), "cpu",
+                                          "auto")
+    ids = np.array([[2, 10**6, 3]], dtype=np.int64)  # a token id past the vocabulary
+    with pytest.raises(RuntimeError, match="native encoder: index out of range") as raised:
+        native.embed_arrays(ids, np.ones_like(ids))
+    assert "frame #" not in str(raised.value) and len(str(raised.value)) < 200

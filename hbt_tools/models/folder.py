@@ -94,6 +94,16 @@ def fast_path_config(folder: str) -> dict | None:
     return config if is_plain_bert(config) and "auto_map" not in config else None
 
 
+def position_limit(config: dict) -> int | None:
+    """How many tokens a text may have in a BERT / XLM-R model with this config.json: its
+    position table's rows, less XLM-R's ``padding_idx + 1`` rows before the first position."""
+    rows = config.get("max_position_embeddings")
+    if rows is None:
+        return None
+    return rows - config.get("pad_token_id", 1) - 1 if config.get("model_type") == "xlm-roberta" \
+        else rows
+
+
 def is_plain_bert(config: dict) -> bool:
     """A BERT / XLM-R encoder with GELU and absolute positions: what :mod:`.fast_encoder` and
     :mod:`.packed_encoder` compute."""

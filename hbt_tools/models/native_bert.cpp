@@ -67,6 +67,13 @@ Tensor add_norm(const Model &m, const Tensor &a, const Tensor &b, const Tensor &
     return out;
 }
 
+// The error's message without PyTorch's C++ backtrace, for Python to raise.
+int report(const std::exception &e, char *error, int size) {
+    auto *c10_error = dynamic_cast<const c10::Error *>(&e);
+    snprintf(error, size, "%s", c10_error ? c10_error->what_without_backtrace() : e.what());
+    return -1;
+}
+
 // `weights` points at 5 + 16 * layers blobs in load order (native_bert.py, WEIGHT_ORDER)
 Tensor blob(void *data, int dtype, long rows, long cols) {
     auto type = dtype == 0 ? at::kFloat : dtype == 1 ? at::kHalf : at::kBFloat16;
@@ -80,7 +87,7 @@ extern "C" {
 
 void *hbt_bert_load(void **data, const int *dtypes, const long *shapes, int layers, int heads,
                     double eps, float scale, long position_offset, int pooling, int normalize,
-                    void *attention, void *add_norm) {
+                    void *attention, void *add_norm, char *error, int error_size) {
     try {
         c10::InferenceMode guard;
         auto *m = new Model();
@@ -120,7 +127,7 @@ void *hbt_bert_load(void **data, const int *dtypes, const long *shapes, int laye
         m->add_norm = (AddNormFn)add_norm;
         return m;
     } catch (const std::exception &e) {
-        fprintf(stderr, "hbt-tools: native encoder: %s\n", e.what());
+        report(e, error, error_size);
         return nullptr;
     }
 }
@@ -128,9 +135,10 @@ void *hbt_bert_load(void **data, const int *dtypes, const long *shapes, int laye
 void hbt_bert_free(void *model) { delete (Model *)model; }
 
 // Embeddings (float32, [batch, hidden]) of `batch` rows of `length` token ids (int64, padded
-// on the right), of which the first lengths[i] are real. Returns 0, or -1 on an error.
+// on the right), of which the first lengths[i] are real. Returns 0, or -1 with a message in
+// `error`.
 int hbt_bert_embed(void *model, const int64_t *ids, const int32_t *lengths, int batch,
-                   int length, float *out) {
+                   int length, float *out, char *error, int error_size) {
     try {
         c10::InferenceMode guard;
         const Model &m = *(const Model *)model;
@@ -175,8 +183,7 @@ int hbt_bert_embed(void *model, const int64_t *ids, const int32_t *lengths, int 
             .copy_(emb.to(at::kFloat));
         return 0;
     } catch (const std::exception &e) {
-        fprintf(stderr, "hbt-tools: native encoder: %s\n", e.what());
-        return -1;
+        return report(e, error, error_size);
     }
 }
 

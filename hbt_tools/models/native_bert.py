@@ -39,6 +39,7 @@ from .settings import RetrievalSettings
 
 SAFETENSORS_DTYPES = {"F32": 0, "F16": 1, "BF16": 2}  # native_bert.cpp's blob() codes
 POOLINGS = {"mean": 0, "cls": 1}
+ERROR_BYTES = 1024
 
 
 @functools.cache
@@ -89,8 +90,9 @@ def load_kernel():
     lib.hbt_bert_load.restype = ctypes.c_void_p
     lib.hbt_bert_load.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [
         ctypes.c_double, ctypes.c_float, ctypes.c_long, ctypes.c_int, ctypes.c_int,
-        ctypes.c_void_p, ctypes.c_void_p]
-    lib.hbt_bert_embed.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_void_p]
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    lib.hbt_bert_embed.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [
+        ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     lib.hbt_bert_free.argtypes = [ctypes.c_void_p]
     return lib
 
@@ -126,14 +128,16 @@ def native_biencoder(folder: str, config: dict, settings: RetrievalSettings, dev
     heads = config["num_attention_heads"]
     position_offset = config.get("pad_token_id", 1) \
         if config["model_type"] == "xlm-roberta" else -1
+    error = ctypes.create_string_buffer(ERROR_BYTES)
     handle = lib.hbt_bert_load(
         addresses, dtypes, shapes, config["num_hidden_layers"], heads,
         config.get("layer_norm_eps", 1e-12), (config["hidden_size"] // heads) ** -0.5,
         position_offset, POOLINGS[settings.pooling], int(settings.normalize),
         ctypes.cast(amx_attention.load_kernel().hbt_amx_attention, ctypes.c_void_p),
-        ctypes.cast(add_layer_norm.load_kernel().hbt_add_layer_norm, ctypes.c_void_p))
+        ctypes.cast(add_layer_norm.load_kernel().hbt_add_layer_norm, ctypes.c_void_p),
+        error, ERROR_BYTES)
     if not handle:
-        return None
+        raise load_failure(RuntimeError(error.value.decode(errors="replace")), folder)
     return NativeBiEncoder(lib, handle, mapped, settings, config)
 
 
@@ -177,7 +181,9 @@ class NativeBiEncoder:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         lengths = np.ascontiguousarray(mask.sum(axis=1), dtype=np.int32)
         out = np.empty((ids.shape[0], self.config.hidden_size), dtype=np.float32)
+        error = ctypes.create_string_buffer(ERROR_BYTES)
         if self.lib.hbt_bert_embed(self.handle, ids.ctypes.data, lengths.ctypes.data,
-                                   ids.shape[0], ids.shape[1], out.ctypes.data) != 0:
-            raise RuntimeError("the native encoder failed (its message is above)")
+                                   ids.shape[0], ids.shape[1], out.ctypes.data, error,
+                                   ERROR_BYTES) != 0:
+            raise RuntimeError(f"native encoder: {error.value.decode(errors='replace')}")
         return out
