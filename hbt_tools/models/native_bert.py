@@ -12,12 +12,14 @@ How: compiled on first use by :mod:`.native` with the C++ compiler (``$CXX`` or 
 against the installed torch's headers and libraries (about 7 s, once per torch build), loaded
 with ctypes. The weights are read from model.safetensors through a read-only memory map.
 
-When: :func:`native_biencoder` returns None, and hbt-encode runs the PyTorch path, unless the
-model is a BERT / XLM-R folder the fast path reads, with heads a multiple of 32 wide and mean or
-CLS pooling; the dtype is bf16 (``auto`` on an AMX CPU); the device is the CPU (``auto`` only
-where the installed torch has no CUDA); and everything compiles and loads here (x86-64 Linux,
-AMX, a C and a C++ compiler, torch's headers; ``HBT_CPU_KERNELS=0`` turns it off with the other
-kernels).
+When: :func:`.encoding.encode_file` tries it only in a process that has not loaded torch or
+tokenizers yet (a console script's, where it forks its tokenizer; in a notebook with torch
+loaded the import is paid already and PyTorch's path runs). :func:`native_biencoder` returns
+None, and the PyTorch path runs, unless the model is a BERT / XLM-R folder the fast path reads,
+with heads a multiple of 32 wide and mean or CLS pooling; the dtype is bf16 (``auto`` on an AMX
+CPU); the device is the CPU (``auto`` only where the installed torch has no CUDA); and
+everything compiles and loads here (x86-64 Linux, AMX, a C and a C++ compiler, torch's headers;
+``HBT_CPU_KERNELS=0`` turns it off with the other kernels).
 """
 from __future__ import annotations
 
