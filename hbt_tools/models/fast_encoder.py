@@ -24,6 +24,7 @@ from .amx_attention import amx_attention
 from .bert_weights import check_complete, weight_prefix
 from .folder import load_failure
 
+
 def position_ids(input_ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
     """BERT numbers positions 0, 1, ... in every row (``padding_idx`` None); XLM-R from
     ``padding_idx + 1``, skipping padding tokens, which keep ``padding_idx``."""

@@ -3,13 +3,14 @@
 Each kernel's source is compiled with the system's C compiler (``$CC`` or ``cc``; for
 ``native_bert.cpp`` the C++ compiler, ``$CXX`` or ``c++``) into
 ``<cache>/kernels/<name>-<hash of source and flags>.so`` the first time it is needed (about half
-a second), atomically, and loaded with ctypes (a call releases the GIL). The kernels run on
-OpenMP threads: linked against ``libgomp.so.1``, they resolve to the copy PyTorch loaded, so
-they share its thread pool and thread count (threads of their own competed with PyTorch's
-still-spinning workers). Where anything is missing (not x86-64 Linux, a CPU feature, the
-compiler, a failed compile: remembered in ``<name>-<hash>.so.failed`` with the compiler's
-message; delete it to try again) :func:`load_library` returns None and the callers use
-PyTorch. ``HBT_CPU_KERNELS=0`` turns every kernel off.
+a second; native_bert.cpp, which includes PyTorch's headers, 7-10 s), atomically, and loaded
+with ctypes (a call releases the GIL). The kernels run on OpenMP threads: linked against
+``libgomp.so.1``, they resolve to the copy PyTorch loaded, so they share its thread pool and
+thread count (threads of their own competed with PyTorch's still-spinning workers). Where
+anything is missing (not x86-64 Linux, a CPU feature, the compiler, a failed compile:
+remembered in ``<name>-<hash>.so.failed`` with the compiler's message; delete it to try again)
+:func:`load_library` returns None and the callers use PyTorch. ``HBT_CPU_KERNELS=0`` turns
+every kernel off.
 """
 from __future__ import annotations
 

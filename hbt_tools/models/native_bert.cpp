@@ -154,7 +154,8 @@ int hbt_bert_embed(void *model, const int64_t *ids, const int32_t *lengths, int 
         Tensor x = at::index_select(m.word, 0, input_ids.reshape(-1))
                        .view({batch, length, hidden})
                        .to(m.position.scalar_type());
-        x = x.add(at::index_select(m.position, 0, positions.reshape(-1)).view({batch, length, hidden}));
+        x = x.add(at::index_select(m.position, 0, positions.reshape(-1))
+                      .view({batch, length, hidden}));
         x = x.add(m.token_type0);
         x = at::layer_norm(x, {hidden}, m.norm_w, m.norm_b, m.eps);
         for (const Layer &l : m.layers) {
