@@ -126,14 +126,14 @@ def test_hbt_encode_runs_it_without_importing_torch(models, tmp_path):
     # a fresh process: hbt-encode's start (no torch loaded yet, tokenizer forked)
     script = ("import sys\nfrom hbt_tools.encoding import encode_file\n"
               f"s = encode_file({folder!r}, {str(rows)!r}, {str(tmp_path / 'native.npy')!r}, "
-              "'passage', progress=False, batch_tokens=300)\n"
+              "'passage', progress=False, batch_tokens=300, device='cpu')\n"
               "print(s.dtype, s.device, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=True)
     assert out.stdout.split() == ["bfloat16", "cpu", "False"], out.stderr[-2000:]
     # this process has torch loaded, so encode_file takes the PyTorch path
     summary = encode_file(folder, str(rows), str(tmp_path / "torch.npy"), "passage",
-                          progress=False, batch_tokens=300)
+                          progress=False, batch_tokens=300, device="cpu")
     assert summary.dtype == "bfloat16"
     assert np.array_equal(np.load(tmp_path / "native.npy"), np.load(tmp_path / "torch.npy"))
 
