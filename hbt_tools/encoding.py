@@ -445,7 +445,7 @@ def encode_file(model: str, input_path, output: str, kind: str, *, fields: str |
             biencoder = native_biencoder(folder.path, folder.fast_config, settings, device,
                                          dtype)
         if biencoder is not None:
-            tokenizer, dtype_name, device_name = worker, biencoder.dtype_name, "cpu"
+            tokenizer, dtype_name, device_name = worker, biencoder.dtype_name, biencoder.device_type
         else:
             biencoder, tokenizer, dtype_name, device_name = _load_torch_biencoder(
                 model, folder, worker, device, dtype, trust_remote_code, settings_overrides)

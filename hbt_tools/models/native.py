@@ -84,7 +84,8 @@ def compile_library(name: str, flags: tuple[str, ...], cache_dir: str,
 
 @functools.cache
 def load_library(name: str, extra_flags: tuple[str, ...] = (),
-                 cpu_features: tuple[str, ...] = ("avx512bw", "avx512vl", "avx512_bf16")):
+                 cpu_features: tuple[str, ...] = ("avx512bw", "avx512vl", "avx512_bf16"),
+                 language: str = "c"):
     """``name``'s loaded library, or None (see the module docstring)."""
     if (os.environ.get("HBT_CPU_KERNELS", "1") == "0" or sys.platform != "linux"
             or platform.machine().lower() not in ("x86_64", "amd64")
@@ -92,7 +93,7 @@ def load_library(name: str, extra_flags: tuple[str, ...] = (),
         return None
     from .offline import cache_root
 
-    path = compile_library(name, COMMON_FLAGS + extra_flags, cache_root())
+    path = compile_library(name, COMMON_FLAGS + extra_flags, cache_root(), language)
     try:
         return ctypes.CDLL(path) if path else None
     except OSError:

@@ -36,7 +36,7 @@ import numpy as np
 from . import add_layer_norm, amx_attention
 from .bert_weights import check_complete, encoder_weight_names, weight_prefix
 from .folder import load_failure
-from .native import compile_library, cpu_flags
+from .native import load_library
 from .settings import RetrievalSettings
 
 SAFETENSORS_DTYPES = {"F32": 0, "F16": 1, "BF16": 2}  # native_bert.cpp's blob() codes
@@ -70,23 +70,16 @@ def torch_has_cuda() -> bool:
 def load_kernel():
     """native_bert.cpp loaded, with the two C kernels it calls; None where any is missing."""
     build = torch_build()
-    if build is None or not {"amx_tile", "amx_bf16"} <= cpu_flags() \
-            or os.environ.get("HBT_CPU_KERNELS", "1") == "0":
+    if build is None:
         return None
     include, lib_dir = build
     stat = os.stat(os.path.join(lib_dir, "libtorch_cpu.so"))
-    flags = ("-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{include}", f"-L{lib_dir}",
-             "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{lib_dir}",
+    flags = ("-std=c++17", "-w", f"-I{include}", f"-L{lib_dir}", "-ltorch_cpu", "-lc10",
+             f"-Wl,-rpath,{lib_dir}",
              # another torch at the same path recompiles (the ABI is that build's)
              f"-DHBT_TORCH_BUILD={stat.st_size}_{stat.st_mtime_ns}")
-    from .offline import cache_root
-
-    path = compile_library("native_bert", flags, cache_root(), language="c++")
-    try:
-        # before the C kernels' first use: they then share torch's OpenMP runtime (native.py)
-        lib = ctypes.CDLL(path) if path else None
-    except OSError:
-        return None
+    # loaded before the C kernels' first use: they then share torch's OpenMP runtime
+    lib = load_library("native_bert", flags, amx_attention.AMX_FEATURES, language="c++")
     if lib is None or amx_attention.load_kernel() is None or add_layer_norm.load_kernel() is None:
         return None
     lib.hbt_bert_load.restype = ctypes.c_void_p
