@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from hbt_tools.models import add_layer_norm, amx_attention, native, native_bert
+from hbt_tools.models import add_layer_norm, cpu_attention, native, native_bert
 
 FLAGS = native.COMMON_FLAGS
 
@@ -48,15 +48,27 @@ def test_compiled_once_then_reused_and_recompiled_for_other_flags(tmp_path):
     assert not [p for p in os.listdir(tmp_path / "kernels") if p.endswith(".tmp")]
 
 
+def test_an_edited_shared_header_gives_another_library(monkeypatch, tmp_path):
+    """The attention kernels include attention_common.h: a cached build from before an edit of
+    it must not be loaded."""
+    for name in ("avx512_attention.c", "attention_common.h"):
+        shutil.copy(os.path.join(native.HERE, name), tmp_path / name)
+    monkeypatch.setattr(native, "HERE", str(tmp_path))
+    before = native.library_path("avx512_attention", FLAGS, "cache", "cc")
+    with open(tmp_path / "attention_common.h", "a") as fh:
+        fh.write("/* edited */\n")
+    assert native.library_path("avx512_attention", FLAGS, "cache", "cc") != before
+
+
 def test_switched_off_by_the_environment(monkeypatch):
-    loaders = (native.load_library, amx_attention.load_kernel, add_layer_norm.load_kernel,
-               native_bert.load_kernel)
+    loaders = (native.load_library, cpu_attention.kernel, cpu_attention.load_kernel,
+               add_layer_norm.load_kernel, native_bert.load_kernel)
     monkeypatch.setenv("HBT_CPU_KERNELS", "0")
     for loader in loaders:
         loader.cache_clear()
     try:
         assert native.load_library("add_layer_norm") is None
-        assert amx_attention.load_kernel() is None and add_layer_norm.load_kernel() is None
+        assert cpu_attention.load_kernel() is None and add_layer_norm.load_kernel() is None
         assert native_bert.load_kernel() is None
     finally:
         monkeypatch.delenv("HBT_CPU_KERNELS")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .add_layer_norm import add_layer_norm
-from .amx_attention import amx_attention
+from .cpu_attention import cpu_attention
 from .bert_weights import check_complete, weight_prefix
 from .folder import load_failure
 
@@ -121,7 +121,7 @@ class FastBertEncoder(torch.nn.Module):
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
             qkv = self._linear(x, f"{p}.attention.self.qkv")
-            context = amx_attention(qkv, attention_mask, self.heads)
+            context = cpu_attention(qkv, attention_mask, self.heads)
             if context is None:
                 q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)

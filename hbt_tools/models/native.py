@@ -42,14 +42,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+LOCAL_HEADERS = ("attention_common.h",)  # the kernels' own, beside them
 # source suffix and compiler (environment variable, default) per language
 LANGUAGES = {"c": (".c", "CC", "cc"), "c++": (".cpp", "CXX", "c++")}
 
 
 def library_path(name: str, flags: tuple[str, ...], cache_dir: str, compiler: str,
                  language: str = "c") -> str:
-    with open(os.path.join(HERE, name + LANGUAGES[language][0]), "rb") as fh:
-        digest = hashlib.sha256(fh.read() + " ".join([compiler, *flags]).encode()).hexdigest()
+    digest = hashlib.sha256(" ".join([compiler, *flags]).encode())
+    for source in (name + LANGUAGES[language][0], *LOCAL_HEADERS):  # a header edit recompiles
+        with open(os.path.join(HERE, source), "rb") as fh:
+            digest.update(fh.read())
+    digest = digest.hexdigest()
     return os.path.join(cache_dir, "kernels", f"{name}-{digest[:16]}.so")
 
 

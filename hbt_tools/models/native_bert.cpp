@@ -21,7 +21,8 @@ using at::Tensor;
 
 namespace {
 
-// amx_attention.c and add_layer_norm.c, loaded by Python and handed over as addresses
+// cpu_attention.py's kernel (amx_attention.c or avx512_attention.c) and add_layer_norm.c,
+// loaded by Python and handed over as addresses
 typedef int (*AttentionFn)(const void *, const int32_t *, void *, int, int, int, int, float);
 typedef int (*AddNormFn)(const void *, const void *, const void *, const void *, void *, long,
                          int, float);
@@ -163,7 +164,7 @@ int hbt_bert_embed(void *model, const int64_t *ids, const int32_t *lengths, int 
             Tensor context = at::empty({batch, length, hidden}, qkv.options());
             if (m.attention(qkv.data_ptr(), lengths, context.data_ptr(), batch, length, m.heads,
                             m.head_size, m.scale) != 0)
-                throw std::runtime_error("amx_attention refused its input");
+                throw std::runtime_error("the attention kernel refused its input");
             x = add_norm(m, linear(context, l.out_w, l.out_b, false), x, l.norm1_w, l.norm1_b);
             Tensor inner = linear(x, l.ffn1_w, l.ffn1_b, true);
             x = add_norm(m, linear(inner, l.ffn2_w, l.ffn2_b, false), x, l.norm2_w, l.norm2_b);

@@ -1,10 +1,10 @@
-"""hbt-encode's BERT / XLM-R forward on AMX CPUs without importing PyTorch's Python package.
+"""hbt-encode's BERT / XLM-R forward on AVX512-BF16 CPUs without importing PyTorch's Python package.
 
 Why: ``import torch`` was 1.4-1.7 s of every hbt-encode start on the 2-core AMX Xeon. Loading
 its C++ library (libtorch_cpu.so) is 0.3-0.4 s of that; the rest is Python modules that
 ``torch/__init__`` runs (torch._meta_registrations, torch.export, torch._prims, ...), none of
 which an encoder's forward needs. ``native_bert.cpp`` runs the forward on that C++ library
-directly, with the same ATen ops and C kernels (:mod:`.amx_attention`, :mod:`.add_layer_norm`),
+directly, with the same ATen ops and C kernels (:mod:`.cpu_attention`, :mod:`.add_layer_norm`),
 in the same order, as :class:`.fast_encoder.FastBertEncoder` and :class:`.encoder.BiEncoder`:
 the embeddings are the same bit for bit (tests/test_native_bert.py).
 
@@ -16,9 +16,10 @@ When: :func:`.encoding.encode_file` tries it only in a process that has not load
 tokenizers yet (a console script's, where it forks its tokenizer; in a notebook with torch
 loaded the import is paid already and PyTorch's path runs). :func:`native_biencoder` returns
 None, and the PyTorch path runs, unless the model is a BERT / XLM-R folder the fast path reads,
-with heads a multiple of 32 wide and mean or CLS pooling; the dtype is bf16 (``auto`` on an AMX
-CPU); the device is the CPU (``auto`` only where the installed torch has no CUDA); and
-everything compiles and loads here (x86-64 Linux, AMX, a C and a C++ compiler, torch's headers;
+with heads a multiple of 32 wide and mean or CLS pooling; the dtype is bf16 (``auto`` on an
+AVX512-BF16 CPU, with or without AMX); the device is the CPU (``auto`` only where the installed
+torch has no CUDA); and everything compiles and loads here (x86-64 Linux, AVX512-BF16, a C and
+a C++ compiler, torch's headers;
 ``HBT_CPU_KERNELS=0`` turns it off with the other kernels).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import add_layer_norm, amx_attention
+from . import add_layer_norm, cpu_attention
 from .bert_weights import check_complete, encoder_weight_names, weight_prefix
 from .folder import load_failure
 from .native import load_library
@@ -79,8 +80,8 @@ def load_kernel():
              # another torch at the same path recompiles (the ABI is that build's)
              f"-DHBT_TORCH_BUILD={stat.st_size}_{stat.st_mtime_ns}")
     # loaded before the C kernels' first use: they then share torch's OpenMP runtime
-    lib = load_library("native_bert", flags, amx_attention.AMX_FEATURES, language="c++")
-    if lib is None or amx_attention.load_kernel() is None or add_layer_norm.load_kernel() is None:
+    lib = load_library("native_bert", flags, cpu_attention.AVX512_FEATURES, language="c++")
+    if lib is None or cpu_attention.load_kernel() is None or add_layer_norm.load_kernel() is None:
         return None
     lib.hbt_bert_load.restype = ctypes.c_void_p
     lib.hbt_bert_load.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [
@@ -128,7 +129,7 @@ def native_biencoder(folder: str, config: dict, settings: RetrievalSettings, dev
         addresses, dtypes, shapes, config["num_hidden_layers"], heads,
         config.get("layer_norm_eps", 1e-12), (config["hidden_size"] // heads) ** -0.5,
         position_offset, POOLINGS[settings.pooling], int(settings.normalize),
-        ctypes.cast(amx_attention.load_kernel().hbt_amx_attention, ctypes.c_void_p),
+        ctypes.cast(cpu_attention.load_kernel(), ctypes.c_void_p),
         ctypes.cast(add_layer_norm.load_kernel().hbt_add_layer_norm, ctypes.c_void_p),
         error, ERROR_BYTES)
     if not handle:

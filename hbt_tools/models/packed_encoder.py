@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .amx_attention import amx_attention
+from .cpu_attention import cpu_attention
 from .dropout import dropout
 from .embedding_grad import embedding_rows
 from .fast_encoder import position_ids
@@ -117,8 +117,8 @@ def attention(qkv: torch.Tensor, layout: PackedLayout, heads: int, p: float,
               training: bool) -> torch.Tensor:
     """Multi-head self-attention of packed ``[tokens, 3 x hidden]`` projections, group by
     group. Training: the softmax in fp32, then :mod:`.dropout` on the probabilities as
-    transformers does (CPU SDPA would draw the mask serially); eval mode: :mod:`.amx_attention`
-    where it applies (bf16 on an AMX CPU), else SDPA."""
+    transformers does (CPU SDPA would draw the mask serially); eval mode: :mod:`.cpu_attention`
+    where it applies (bf16 on an AVX512-BF16 CPU), else SDPA."""
     width = qkv.shape[1] // 3
     head_dim = width // heads
     outputs = []
@@ -127,7 +127,7 @@ def attention(qkv: torch.Tensor, layout: PackedLayout, heads: int, p: float,
             0, g.positions, qkv[g.tokens])
         # eval mode only: gradient caching's no-grad pass (train mode) must compute what its
         # second pass with gradients computes
-        context = None if training else amx_attention(
+        context = None if training else cpu_attention(
             padded.view(g.count, g.length, -1), ~g.pad_keys[:, 0, 0, :], heads)
         if context is None:
             q, k, v = padded.view(g.count, g.length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)

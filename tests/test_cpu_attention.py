@@ -1,5 +1,6 @@
-"""hbt-encode's AMX attention kernel against a float64 attention written out here, and its
-fallback for inputs it does not take (compiling and loading: test_native.py)."""
+"""hbt-encode's attention kernels (AMX, AVX512-BF16: each where this CPU runs it) against a
+float64 attention written out here, and their fallback for inputs they do not take (compiling
+and loading: test_native.py)."""
 import json
 
 import pytest
@@ -9,13 +10,18 @@ from safetensors.torch import load_file
 
 from conftest import assert_kernel_as_close, encoder_with_and_without_kernel, record_kernel_calls
 
-from hbt_tools.models import amx_attention as amx
+from hbt_tools.models import cpu_attention as ca
 from hbt_tools.models import fast_encoder, packed_encoder
 from hbt_tools.models.fast_encoder import FastBertEncoder
 from hbt_tools.models.packed_encoder import packed_forward
 
-needs_kernel = pytest.mark.skipif(amx.load_kernel() is None,
-                                  reason="no AMX CPU or no C compiler with OpenMP here")
+needs_kernel = pytest.mark.skipif(ca.load_kernel() is None,
+                                  reason="no AVX512-BF16 CPU or no C compiler with OpenMP here")
+# each kernel this CPU runs, by name (an AMX CPU runs both)
+each_kernel = pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.skipif(ca.kernel(name) is None,
+                                                reason=f"the {name} kernel does not run here"))
+    for name in ca.KERNELS])
 
 
 def reference_attention(qkv, lengths, heads):
@@ -44,16 +50,16 @@ def random_case(batch, length, heads, head_size, seed):
     return qkv, lengths, mask
 
 
-@needs_kernel
+@each_kernel
 @pytest.mark.parametrize("batch,length,heads,head_size", [
     (3, 37, 12, 32), (5, 256, 12, 32), (7, 512, 2, 32), (1, 1, 12, 32), (2, 17, 1, 32),
     (2, 70, 4, 64), (4, 100, 3, 96), (2, 33, 2, 128)])
-def test_as_accurate_as_pytorchs_bf16_attention(batch, length, heads, head_size):
+def test_as_accurate_as_pytorchs_bf16_attention(name, batch, length, heads, head_size):
     """Lengths off the 16- and 32-key tile edges, one token, padded rows (their queries attend
     to the real keys, as PyTorch's do): the error against float64 is PyTorch's bf16 error."""
     qkv, lengths, mask = random_case(batch, length, heads, head_size, seed=length)
     want = reference_attention(qkv, lengths, heads)
-    got = amx.amx_attention(qkv, mask, heads)
+    got = ca.cpu_attention(qkv, mask, heads, ca.kernel(name))
     assert got.dtype == torch.bfloat16 and got.shape == (batch, length, heads * head_size)
     ours = (got.double() - want).abs()
     torchs = (sdpa_bf16(qkv, mask, heads).double() - want).abs()
@@ -63,11 +69,11 @@ def test_as_accurate_as_pytorchs_bf16_attention(batch, length, heads, head_size)
     assert ((got.double() - want).abs() <= want.abs() * 2 ** -8 + 0.02).all()
 
 
-@needs_kernel
-def test_numerators_do_not_overflow_on_large_scores():
+@each_kernel
+def test_numerators_do_not_overflow_on_large_scores(name):
     qkv, lengths, mask = random_case(2, 40, 2, 32, seed=1)
     qkv = (qkv.float() * 30).bfloat16()  # scores in the thousands
-    got = amx.amx_attention(qkv, mask, 2)
+    got = ca.cpu_attention(qkv, mask, 2, ca.kernel(name))
     want = reference_attention(qkv, lengths, 2)
     assert torch.isfinite(got).all()
     assert ((got.double() - want).abs() <= want.abs() * 2 ** -7 + 0.5).all()
@@ -76,16 +82,16 @@ def test_numerators_do_not_overflow_on_large_scores():
 @needs_kernel
 def test_inputs_it_does_not_take_go_back_to_the_caller():
     qkv, _, mask = random_case(2, 20, 2, 32, seed=2)
-    assert amx.amx_attention(qkv, mask, 2) is not None
-    assert amx.amx_attention(qkv.float(), mask, 2) is None
-    assert amx.amx_attention(qkv.clone().requires_grad_(), mask, 2) is None
-    assert amx.amx_attention(qkv, mask, 4) is None  # head size 16
+    assert ca.cpu_attention(qkv, mask, 2) is not None
+    assert ca.cpu_attention(qkv.float(), mask, 2) is None
+    assert ca.cpu_attention(qkv.clone().requires_grad_(), mask, 2) is None
+    assert ca.cpu_attention(qkv, mask, 4) is None  # head size 16
     holed = mask.clone()
     holed[0, 3] = 0
-    assert amx.amx_attention(qkv, holed, 2) is None  # not a right-padded row
+    assert ca.cpu_attention(qkv, holed, 2) is None  # not a right-padded row
     empty = mask.clone()
     empty[1] = 0
-    assert amx.amx_attention(qkv, empty, 2) is None
+    assert ca.cpu_attention(qkv, empty, 2) is None
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +121,7 @@ def test_fast_encoder_uses_it_in_bf16(monkeypatch, wide_head_bert):
                               load_file(str(wide_head_bert / "model.safetensors")))
     ids, mask = batch()
     exact, with_kernel, without, calls = encoder_with_and_without_kernel(
-        monkeypatch, encoder, ids, mask, fast_encoder, "amx_attention")
+        monkeypatch, encoder, ids, mask, fast_encoder, "cpu_attention")
     assert calls == [True, True]  # both layers
     assert_kernel_as_close(with_kernel, without, exact, mask, factor=1.1)
 
@@ -131,7 +137,7 @@ def test_packed_forward_uses_it_in_eval_mode_only(monkeypatch, wide_head_bert):
     ids, mask = batch()
     with torch.no_grad():
         exact = packed_forward(model, ids, mask).last_hidden_state
-        calls = record_kernel_calls(monkeypatch, packed_encoder, "amx_attention")
+        calls = record_kernel_calls(monkeypatch, packed_encoder, "cpu_attention")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with_kernel = packed_forward(model, ids, mask).last_hidden_state
             assert calls and all(calls)
@@ -140,6 +146,6 @@ def test_packed_forward_uses_it_in_eval_mode_only(monkeypatch, wide_head_bert):
             packed_forward(model, ids, mask)
             assert calls == []
             model.eval()
-            monkeypatch.setattr(packed_encoder, "amx_attention", lambda *a: None)
+            monkeypatch.setattr(packed_encoder, "cpu_attention", lambda *a: None)
             without = packed_forward(model, ids, mask).last_hidden_state
     assert_kernel_as_close(with_kernel, without, exact, mask, factor=1.1)
