@@ -153,6 +153,22 @@ static inline void pack_keys_values(const uint16_t *keys, const uint16_t *values
     }
 }
 
+/* One (text, head) item of a job: which text and head, the text's real tokens n (nkp: rounded
+ * up to 32) and its first token in qkv; its keys and values packed into kt and vp. */
+typedef struct {
+    int b, h, n, nkp;
+    const uint16_t *text;
+} item_view;
+
+static inline item_view pack_item(const job *j, int item, int Lkp, uint32_t *kt, uint32_t *vp) {
+    const int H = j->H, D = j->D, b = item / H, h = item % H, n = j->lengths[b];
+    const long row = 3L * H * D;
+    const item_view v = {b, h, n, (n + 31) & ~31, j->qkv + (long)b * j->L * row};
+    pack_keys_values(v.text + (long)(H + h) * D, v.text + (long)(2 * H + h) * D, row, n, v.nkp,
+                     D, Lkp, kt, vp);
+    return v;
+}
+
 /* The kernels' entry: 0 on success; -1 (nothing written) for a head size that is not a multiple
  * of 32 or a text without tokens or longer than L. The (text, head) items are split evenly over
  * the OpenMP threads of the process (PyTorch's); `run` does one thread's share. */

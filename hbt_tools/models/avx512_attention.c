@@ -74,12 +74,9 @@ static void run(const job *j) {
     uint16_t *qb = aligned_alloc(64, (size_t)QUERIES * D * 2);
     const __m512 scale = _mm512_set1_ps(j->scale * 1.44269504088896341f);  /* e^x = 2^(x log2 e) */
     for (int item = j->first; item < j->last; item++) {
-        const int b = item / H, h = item % H;
-        const int n = j->lengths[b];
-        const int nkp = (n + 31) & ~31;
-        const uint16_t *text = j->qkv + (long)b * L * row;
-        pack_keys_values(text + (long)(H + h) * D, text + (long)(2 * H + h) * D, row, n, nkp, D,
-                         Lkp, kt, vp);
+        const item_view v = pack_item(j, item, Lkp, kt, vp);
+        const int b = v.b, h = v.h, n = v.n, nkp = v.nkp;
+        const uint16_t *text = v.text;
         for (int q0 = 0; q0 < L; q0 += QUERIES) {
             const int rows = L - q0 < QUERIES ? L - q0 : QUERIES;
             long stride;

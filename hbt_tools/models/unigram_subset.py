@@ -61,7 +61,7 @@ class UnigramSubset:
                                                      for p, s in zip(files, stats)]).encode())
         path = os.path.join(cache_root(), "tokenizers", key.hexdigest()[:24] + ".npz")
         try:
-            with np.load(path) as arrays:
+            with np.load(path, allow_pickle=False) as arrays:
                 return None if "none" in arrays else cls(dict(arrays))
         except (OSError, ValueError, KeyError):
             pass
