@@ -28,9 +28,14 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from hbt_tools.thread_pools import sleep_when_idle  # noqa: E402
 
-from common import ROOT, print_targets, ratio, summary, target, write_results
+sleep_when_idle()  # as hbt-search does, before numpy and faiss load (faiss here gets it too)
+
+import numpy as np  # noqa: E402
+
+from common import ROOT, print_targets, ratio, summary, target, write_results  # noqa: E402
 
 sys.path.insert(0, ROOT)
 

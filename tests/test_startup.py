@@ -51,3 +51,32 @@ def test_finished_command_skips_teardown_but_runs_atexit_and_flushes(tmp_path):
 def test_error_exit_code_survives_the_fast_exit(tmp_path):
     r = run_main("score", [str(tmp_path / "missing.trec"), "--qrels", str(tmp_path / "q.trec")])
     assert r.returncode == 2 and "no such file" in r.stderr.decode()
+
+
+# records the thread-pool variables at the moment numpy starts loading
+SEEN_BY_NUMPY = """
+import importlib.abc, os
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == 'numpy' and 'seen' not in globals():
+            globals()['seen'] = [os.environ.get(v) for v in
+                                 ('OPENBLAS_THREAD_TIMEOUT', 'OMP_WAIT_POLICY')]
+            atexit.register(lambda: print('numpy saw:', seen))
+        return None
+import atexit
+sys.meta_path.insert(0, Watch())
+"""
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_search_sets_its_thread_pools_before_numpy_loads(tmp_path, user, monkeypatch):
+    """hbt-search's BLAS and OpenMP threads sleep when idle (hbt_tools.thread_pools), which
+    numpy and faiss read once, when they load; a user's own setting stays."""
+    if user:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user)
+    else:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    r = run_main("search", ["--help"], before=SEEN_BY_NUMPY)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().splitlines()[-1] == f"numpy saw: ['4', '{user or 'PASSIVE'}']"

@@ -1,10 +1,14 @@
 """hbt-search: query embeddings x index shard(s) -> TREC run (thin layer over
 :func:`hbt_tools.search.search_to_run`)."""
-import click
+from ..thread_pools import sleep_when_idle
 
-from ..cli import command, output_option, quiet_option
-from ..io import parse_langs
-from ..search import search_to_run
+sleep_when_idle()  # before numpy and faiss load (hbt_tools.cli imports numpy)
+
+import click  # noqa: E402
+
+from ..cli import command, output_option, quiet_option  # noqa: E402
+from ..io import parse_langs  # noqa: E402
+from ..search import search_to_run  # noqa: E402
 
 EXAMPLE = """\
 hbt-search --index corpus.index queries.npy -k 100 > run.trec
