@@ -47,9 +47,9 @@ def whole_ids(folder, batch, max_length=None):
 
 def subset_ids(folder, batch):
     subset = UnigramSubset.open(str(folder))
-    chars = subset.charset(batch)
-    assert chars is not None
-    tokenizer = subset.tokenizer(chars)
+    coverage = subset.coverage(batch)
+    assert coverage is not None
+    tokenizer = subset.tokenizer(coverage)
     return [e.ids for e in tokenizer.encode_batch(batch)], tokenizer
 
 
@@ -67,7 +67,7 @@ def test_the_same_ids_as_the_whole_tokenizer_with_fewer_pieces(folder):
 
 def test_text_with_an_added_token_is_left_to_the_whole_tokenizer(folder):
     subset = UnigramSubset.open(str(folder))
-    assert subset.charset(["a <mask> in the middle"]) is None
+    assert subset.coverage(["a <mask> in the middle"]) is None
     tokenizer = FastTokenizer(str(folder))
     assert tokenizer(ODD_TEXTS)["input_ids"] == whole_ids(folder, ODD_TEXTS)
 

@@ -36,7 +36,7 @@ class FastTokenizer:
         self.folder = folder
         self.backend = None
         self._subset = UnigramSubset.open(folder)
-        self._chars = None  # what a subset backend covers; None with the whole tokenizer
+        self._coverage = None  # what a subset backend covers; None: the whole tokenizer
         if self._subset is not None:
             pad = self._subset.pad_token_id
             self.pad_token_id = pad if pad >= 0 else None
@@ -58,17 +58,17 @@ class FastTokenizer:
             self.backend = Tokenizer.from_file(os.path.join(self.folder, "tokenizer.json"))
         except Exception as e:  # tokenizers raises a plain Exception for a malformed file
             raise load_failure(e, self.folder) from None
-        self._chars = None
+        self._coverage = None
 
     def _backend_for(self, texts: list[str]):
         """The tokenizer to run ``texts`` through, built or loaded as needed."""
         if self.backend is None:
-            self._chars = self._subset.charset(texts)
-            if self._chars is None:
+            self._coverage = self._subset.coverage(texts)
+            if self._coverage is None:
                 self._load_whole()
             else:
-                self.backend = self._subset.tokenizer(self._chars)
-        elif self._chars is not None and not self._subset.covers(self._chars, texts):
+                self.backend = self._subset.tokenizer(self._coverage)
+        elif self._coverage is not None and not self._subset.covers(self._coverage, texts):
             self._load_whole()
         return self.backend
 
