@@ -2,7 +2,8 @@
 """Regenerate docs/benchmarks.md from benchmarks/results/*.json (written by the benchmark
 scripts; see benchmarks/README.md), benchmarks/notes/NAME.md (hand-written profiles and
 explanations, shown under each benchmark; they survive reruns) and
-benchmarks/scale_on_paper.md (hand-written estimates).
+benchmarks/scale_on_paper.md (hand-written estimates). Results kept from earlier machines
+(benchmarks/results/archive/NAME/*.json) get a targets table each.
 
 Usage:  python benchmarks/make_docs.py [--results DIR] [-o docs/benchmarks.md]
 """
@@ -33,7 +34,24 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
-def render(results: list[dict]) -> str:
+def target_rows(results: list[dict]) -> list[str]:
+    return [f"| {r['benchmark']} | {t['what']} | {t['peer']} | {t['target']} | "
+            f"{t['measured']} | {'PASS' if t['pass'] else 'MISS'} |"
+            for r in results for t in r.get("targets", [])]
+
+
+def read_results(folder: str) -> list[dict]:
+    results = []
+    for path in glob.glob(os.path.join(folder, "*.json")):
+        with open(path, encoding="utf-8") as fh:
+            results.append(json.load(fh))
+    return sorted(results, key=lambda r: ORDER.index(r["benchmark"])
+                  if r["benchmark"] in ORDER else 99)
+
+
+def render(results: list[dict], archived: list[tuple[str, list[dict]]] | None = None) -> str:
+    """The page; ``archived``: (name, results) of earlier machines, whose targets are listed
+    after this machine's."""
     described = [dict(r["machine"], **({"gpu": r["gpu"]} if "gpu" in r else {}))
                  for r in results]
     machines = {json.dumps({k: v for k, v in m.items() if k != "load_average_1min"},
@@ -59,10 +77,16 @@ def render(results: list[dict]) -> str:
         " (the benchmarks' own threads: no other jobs ran)."), "", "## Targets (issue 5)", "",
         "| benchmark | target | peer | goal | measured, median (min–max) | |",
         "|---|---|---|---|---|---|"]
-    for r in results:
-        for t in r.get("targets", []):
-            out.append(f"| {r['benchmark']} | {t['what']} | {t['peer']} | {t['target']} | "
-                       f"{t['measured']} | {'PASS' if t['pass'] else 'MISS'} |")
+    out += target_rows(results)
+    for name, kept in archived or []:
+        machine = kept[0]["machine"]
+        out += ["", f"## Targets on an earlier machine: {name}", "",
+                f"{machine.get('cpu')}, {machine.get('cpus')} CPUs, bf16 instructions: "
+                f"{', '.join(machine.get('bf16_instructions', [])) or 'none'}; kept from "
+                f"`benchmarks/results/archive/{name}/` (written "
+                f"{', '.join(sorted({r['date'] for r in kept}))}).", "",
+                "| benchmark | target | peer | goal | measured, median (min–max) | |",
+                "|---|---|---|---|---|---|"] + target_rows(kept)
     for r in results:
         out += ["", f"## {r['title']}", "", f"`{r['benchmark']}`, {r['date']}, "
                 f"{r.get('repeats', '?')} repeats. {r.get('setup', '')}", "",
@@ -86,15 +110,14 @@ def main() -> None:
     parser.add_argument("--results", default=RESULTS)
     parser.add_argument("-o", "--output", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     args = parser.parse_args()
-    results = []
-    for path in glob.glob(os.path.join(args.results, "*.json")):
-        with open(path, encoding="utf-8") as fh:
-            results.append(json.load(fh))
-    results.sort(key=lambda r: ORDER.index(r["benchmark"]) if r["benchmark"] in ORDER else 99)
+    results = read_results(args.results)
     if not results:
         raise SystemExit(f"no results in {args.results}: run benchmarks/run_all.py first")
+    archive = os.path.join(args.results, "archive")
+    archived = [(name, read_results(os.path.join(archive, name)))
+                for name in sorted(os.listdir(archive) if os.path.isdir(archive) else [])]
     with open(args.output + ".part", "w", encoding="utf-8") as fh:
-        fh.write(render(results))
+        fh.write(render(results, [(name, kept) for name, kept in archived if kept]))
     os.replace(args.output + ".part", args.output)
     print(f"wrote {args.output} ({len(results)} benchmarks)")
 
