@@ -30,16 +30,14 @@ import ctypes
 import functools
 from typing import TYPE_CHECKING
 
-from .native import load_library
+from .native import AVX512_BF16_FEATURES, load_library
 
 if TYPE_CHECKING:
     import torch
 
-AVX512_FEATURES = ("avx512_bf16", "avx512bw", "avx512vl")
-AMX_FEATURES = ("amx_tile", "amx_bf16") + AVX512_FEATURES
 # name: (compiler flags, CPU features); load_kernel tries them in this order
-KERNELS = {"amx": (("-mamx-tile", "-mamx-bf16"), AMX_FEATURES),
-           "avx512": ((), AVX512_FEATURES)}
+KERNELS = {"amx": (("-mamx-tile", "-mamx-bf16"), ("amx_tile", "amx_bf16") + AVX512_BF16_FEATURES),
+           "avx512": ((), AVX512_BF16_FEATURES)}
 
 
 @functools.cache

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .add_layer_norm import add_layer_norm
-from .cpu_attention import cpu_attention
 from .bert_weights import check_complete, weight_prefix
+from .cpu_attention import cpu_attention
 from .folder import load_failure
 
 

@@ -22,6 +22,12 @@ import sys
 from .folder import load_failure
 
 
+def pad_token(tokenizer_config: dict) -> str | None:
+    """The padding token's text in tokenizer_config.json (a string or an AddedToken dict)."""
+    pad = tokenizer_config.get("pad_token")
+    return pad.get("content") if isinstance(pad, dict) else pad
+
+
 class FastTokenizer:
     """The subset of a transformers tokenizer that encoding uses, from tokenizer.json.
 
@@ -47,8 +53,7 @@ class FastTokenizer:
                 config = json.load(fh)
         except Exception as e:
             raise load_failure(e, folder) from None
-        pad = config.get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
+        pad = pad_token(config)
         self.pad_token_id = self.backend.token_to_id(pad) if pad else None
 
     def _load_whole(self) -> None:

@@ -42,6 +42,8 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# what COMMON_FLAGS compile for, so what every kernel needs at the least
+AVX512_BF16_FEATURES = ("avx512bw", "avx512vl", "avx512_bf16")
 LOCAL_HEADERS = ("attention_common.h",)  # the kernels' own, beside them
 # source suffix and compiler (environment variable, default) per language
 LANGUAGES = {"c": (".c", "CC", "cc"), "c++": (".cpp", "CXX", "c++")}
@@ -88,7 +90,7 @@ def compile_library(name: str, flags: tuple[str, ...], cache_dir: str,
 
 @functools.cache
 def load_library(name: str, extra_flags: tuple[str, ...] = (),
-                 cpu_features: tuple[str, ...] = ("avx512bw", "avx512vl", "avx512_bf16"),
+                 cpu_features: tuple[str, ...] = AVX512_BF16_FEATURES,
                  language: str = "c"):
     """``name``'s loaded library, or None (see the module docstring)."""
     if (os.environ.get("HBT_CPU_KERNELS", "1") == "0" or sys.platform != "linux"

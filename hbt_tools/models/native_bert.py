@@ -80,7 +80,7 @@ def load_kernel():
              # another torch at the same path recompiles (the ABI is that build's)
              f"-DHBT_TORCH_BUILD={stat.st_size}_{stat.st_mtime_ns}")
     # loaded before the C kernels' first use: they then share torch's OpenMP runtime
-    lib = load_library("native_bert", flags, cpu_attention.AVX512_FEATURES, language="c++")
+    lib = load_library("native_bert", flags, language="c++")
     if lib is None or cpu_attention.load_kernel() is None or add_layer_norm.load_kernel() is None:
         return None
     lib.hbt_bert_load.restype = ctypes.c_void_p

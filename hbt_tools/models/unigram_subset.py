@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .fast_tokenizer import pad_token
+
 CACHE_VERSION = 3
 PLACEHOLDERS = range(0xE000, 0xF900)  # private-use characters: the first the texts lack
 
@@ -184,8 +186,7 @@ def read_tokenizer(path: str, config_path: str) -> dict | None:
     if separator is None or not pieces or "" in pieces:
         return None
     ids = {piece: i for i, piece in enumerate(pieces)}
-    pad = config.get("pad_token")
-    pad = pad.get("content") if isinstance(pad, dict) else pad
+    pad = pad_token(config)
     always = sorted({ids[t["content"]] for t in added if t["content"] in ids}
                     | {model["unk_id"]} | ({ids[pad]} if pad in ids else set()))
     shell = dict(spec, added_tokens=[], model=dict(model, vocab=[["<unk>", 0.0]], unk_id=0))
@@ -211,13 +212,10 @@ def read_tokenizer(path: str, config_path: str) -> dict | None:
 def _save_atomically(path: str, arrays: dict) -> None:
     """Write the cache file whole or not at all (other processes may read it meanwhile);
     a cache that cannot be written is only slower."""
-    import tempfile
+    from ..io import atomic_output
 
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_output(path) as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
     except OSError:
         pass
